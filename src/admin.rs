@@ -1,0 +1,188 @@
+//! The admin listener: health, readiness, token metadata, metrics and manual refresh.
+//! Nothing here forwards traffic or reveals a token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use http::{header, HeaderValue, Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use crate::app::Shared;
+use crate::body::Body;
+use crate::error::{error_response, ErrorKind};
+use crate::token::{unix_seconds, Profile};
+
+/// Answers one admin request from `peer`.
+pub async fn handle(
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let path = req.uri().path();
+    match (req.method(), path) {
+        (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&shared),
+        (&Method::GET | &Method::HEAD, "/token-info") => json_response(StatusCode::OK, &token_info(&shared)),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(&shared),
+        (&Method::POST, "/refresh") => {
+            if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+                return error_response(ErrorKind::Forbidden, "Refresh is accepted only from a loopback peer.");
+            }
+            let name = req.uri().query().and_then(|q| {
+                form_urlencoded::parse(q.as_bytes())
+                    .find(|(k, _)| k == "token")
+                    .map(|(_, v)| v.into_owned())
+            });
+            refresh(&shared, name).await
+        }
+        (_, "/healthz" | "/readyz" | "/token-info" | "/metrics" | "/refresh") => {
+            error_response(ErrorKind::MethodNotAllowed, "This method is not allowed on this endpoint.")
+        }
+        _ => error_response(ErrorKind::NotFound, "No such admin endpoint; try /healthz, /readyz, /token-info, /metrics or POST /refresh."),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut r = Response::new(Body::full(body));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn readyz(shared: &Shared) -> Response<Body> {
+    let now = Instant::now();
+    let mut not_ready = BTreeMap::new();
+    for route in &shared.routes {
+        if let Some(reason) = route.store().unready_reason(now) {
+            not_ready.insert(
+                route.name().to_owned(),
+                json!({ "token": route.store().name(), "reason": reason }),
+            );
+        }
+    }
+    if not_ready.is_empty() {
+        json_response(StatusCode::OK, &json!({ "status": "ready" }))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({ "status": "not_ready", "routes": not_ready }),
+        )
+    }
+}
+
+/// Metadata of one profile: never a token, never a secret.
+pub fn profile_info(p: &Profile) -> Value {
+    let now = Instant::now();
+    let status = p.store.status();
+    let token = p.store.current();
+    let mut v = json!({
+        "grant": p.grant_kind,
+        "version": token.as_ref().map(|t| t.version()),
+        "obtained_at": token.as_ref().map(|t| unix_seconds(t.obtained_at())),
+        "expires_at": token.as_ref().and_then(|t| t.expires_at()).map(unix_seconds),
+        "seconds_left": token.as_ref().and_then(|t| t.time_left(now)).map(|d| d.as_secs()),
+        "valid": token.as_ref().is_some_and(|t| t.is_valid_at(now)),
+        "last_refresh": {
+            "result": status.result,
+            "trigger": status.trigger,
+            "at": status.at,
+            "error": status.error,
+            "consecutive_failures": status.consecutive_failures,
+        },
+    });
+    if let Some(extra) = p.extra_info() {
+        if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
+            obj.extend(more);
+        }
+    }
+    v
+}
+
+fn token_info(shared: &Shared) -> Value {
+    let tokens: serde_json::Map<String, Value> = shared
+        .profiles
+        .iter()
+        .map(|(name, p)| (name.clone(), profile_info(p)))
+        .collect();
+    json!({ "tokens": tokens, "now": unix_seconds(SystemTime::now()) })
+}
+
+fn metrics(shared: &Shared) -> Response<Body> {
+    let now = Instant::now();
+    for (name, p) in &shared.profiles {
+        let token = p.store.current();
+        let valid = token.as_ref().is_some_and(|t| t.is_valid_at(now));
+        shared
+            .metrics
+            .token_valid
+            .with_label_values(&[name])
+            .set(i64::from(valid));
+        let expiry = token
+            .as_ref()
+            .and_then(|t| t.expires_at())
+            .map_or(0.0, |e| unix_seconds(e) as f64);
+        shared
+            .metrics
+            .token_expiry
+            .with_label_values(&[name])
+            .set(expiry);
+        shared
+            .metrics
+            .token_version
+            .with_label_values(&[name])
+            .set(token.as_ref().map_or(0, |t| t.version() as i64));
+    }
+    let mut r = Response::new(Body::full(shared.metrics.encode()));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+async fn refresh(shared: &Shared, name: Option<String>) -> Response<Body> {
+    let profile = match &name {
+        Some(n) => shared.profiles.get(n),
+        None if shared.profiles.len() == 1 => shared.profiles.values().next(),
+        None => {
+            return error_response(
+                ErrorKind::BadRequest,
+                "Several token profiles are configured; name one with ?token=NAME.",
+            );
+        }
+    };
+    let Some(profile) = profile else {
+        return error_response(ErrorKind::NotFound, "No token profile by that name.");
+    };
+    match profile.refresh_now(crate::token::Trigger::Manual).await {
+        Ok(()) => json_response(
+            StatusCode::OK,
+            &json!({ profile.name.clone(): profile_info(profile) }),
+        ),
+        Err(e) => {
+            tracing::warn!(token = %profile.name, error = %e, "manual refresh failed");
+            error_response(
+                ErrorKind::RefreshFailed,
+                "The refresh failed; see /token-info and the logs for the reason.",
+            )
+        }
+    }
+}

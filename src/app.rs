@@ -1,0 +1,266 @@
+//! Wiring: builds the token profiles, routes and listeners from a [`Config`] and runs them
+//! until shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Grant};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::proxy::client::{self, ClientSettings};
+use crate::proxy::{Route, RouteSettings};
+use crate::server::{self, ListenerSettings};
+use crate::token::file::FileSource;
+use crate::token::{NewToken, Profile, Source, TokenStore, Trigger};
+
+/// State shared by the listeners.
+#[derive(Debug)]
+pub struct Shared {
+    /// Every route, in configuration order.
+    pub routes: Vec<Arc<Route>>,
+    /// Every token profile by name.
+    pub profiles: BTreeMap<String, Profile>,
+    /// The process's metrics.
+    pub metrics: Metrics,
+}
+
+/// Why the sidecar could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The upstream client could not be built.
+    #[error("route {route}: {source}")]
+    Client {
+        /// The route.
+        route: String,
+        /// Why.
+        source: client::ClientError,
+    },
+    /// A token source could not be set up.
+    #[error("token {token}: {message}")]
+    Token {
+        /// The profile.
+        token: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// A started sidecar.
+#[derive(Debug)]
+pub struct Running {
+    /// The bound address of each route's listener, in configuration order.
+    pub proxy_addrs: Vec<SocketAddr>,
+    /// The bound admin address.
+    pub admin_addr: SocketAddr,
+    /// Shared state (routes, profiles, metrics).
+    pub shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, lets in-flight requests finish within `grace`, stops background tasks.
+    /// Returns whether everything finished in time.
+    pub async fn shutdown(self, grace: Duration) -> bool {
+        self.shutdown.cancel();
+        self.tracker.close();
+        tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok()
+    }
+
+    /// A token that fires when shutdown starts.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+}
+
+/// Starts every listener and background task of `config`.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // Token profiles, each rendering the header prefixes of the routes that use it.
+    let mut profiles = BTreeMap::new();
+    for (name, tc) in &config.tokens {
+        let mut prefixes: Vec<String> = config
+            .routes
+            .iter()
+            .filter(|r| &r.token == name)
+            .map(|r| r.header_prefix.clone())
+            .collect();
+        prefixes.sort();
+        prefixes.dedup();
+        let store = Arc::new(TokenStore::new(name.as_str(), prefixes));
+        let source = match &tc.grant {
+            Grant::Static { token } => {
+                store
+                    .publish(NewToken {
+                        access_token: token.clone(),
+                        expires_at: None,
+                        obtained_at: SystemTime::now(),
+                    })
+                    .map_err(|e| StartError::Token {
+                        token: name.clone(),
+                        message: e.to_string(),
+                    })?;
+                store.record_attempt(Trigger::Startup.as_str(), Ok(()));
+                Source::Static
+            }
+            Grant::File {
+                path,
+                poll_interval,
+            } => {
+                let mut src = FileSource::new(path.clone(), *poll_interval, store.clone());
+                src.reload(Trigger::Startup.as_str());
+                tracker.spawn(src.run(shutdown.clone()));
+                Source::File(path.clone())
+            }
+            other => {
+                return Err(StartError::Token {
+                    token: name.clone(),
+                    message: format!("grant {} is not available in this build", other.kind()),
+                })
+            }
+        };
+        profiles.insert(
+            name.clone(),
+            Profile {
+                name: name.clone(),
+                grant_kind: tc.grant.kind(),
+                store,
+                source,
+            },
+        );
+    }
+
+    // Routes and their listeners.
+    let mut routes = Vec::new();
+    let mut proxy_addrs = Vec::new();
+    let mut listeners = Vec::new();
+    for rc in &config.routes {
+        let store = profiles[&rc.token].store.clone();
+        let clients = client::build(&ClientSettings {
+            connect_timeout: rc.connect_timeout,
+            pool_idle_timeout: Duration::from_secs(90),
+            ca_file: rc.upstream_ca_file.clone(),
+        })
+        .map_err(|source| StartError::Client {
+            route: rc.name.clone(),
+            source,
+        })?;
+        let route = Arc::new(Route::new(
+            RouteSettings {
+                name: rc.name.clone(),
+                upstream: rc.upstream.clone(),
+                store,
+                header_name: rc.header.clone(),
+                header_prefix: rc.header_prefix.clone(),
+                upstream_timeout: rc.upstream_timeout,
+                max_request_header_bytes: rc.max_request_header_bytes,
+            },
+            clients,
+            RouteMetrics::new(&metrics, &rc.name),
+        ));
+        let listener = TcpListener::bind(rc.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: rc.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: rc.listen,
+            source,
+        })?;
+        proxy_addrs.push(addr);
+        listeners.push((listener, addr, rc.clone()));
+        routes.push(route);
+    }
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| StartError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+
+    let shared = Arc::new(Shared {
+        routes: routes.clone(),
+        profiles,
+        metrics: metrics.clone(),
+    });
+
+    for ((listener, addr, rc), route) in listeners.into_iter().zip(routes) {
+        let builder = server::builder(&ListenerSettings {
+            header_read_timeout: rc.header_read_timeout,
+            // hyper's own hard limit sits above the route's, which answers with JSON.
+            max_header_bytes: rc.max_request_header_bytes * 2,
+        });
+        let open = metrics
+            .open_connections
+            .with_label_values(&[rc.name.as_str()]);
+        tracing::info!(route = %rc.name, %addr, upstream = %format!("{}://{}{}", rc.upstream.scheme(), rc.upstream.authority(), rc.upstream.base_path()), "listening");
+        tracker.spawn(server::serve(
+            listener,
+            builder,
+            move |_peer| {
+                let route = route.clone();
+                move |req| {
+                    let route = route.clone();
+                    async move { route.handle(req).await }
+                }
+            },
+            open,
+            shutdown.clone(),
+        ));
+    }
+    {
+        let shared = shared.clone();
+        let builder = server::builder(&ListenerSettings {
+            header_read_timeout: Duration::from_secs(30),
+            max_header_bytes: 64 * 1024,
+        });
+        let open = metrics.open_connections.with_label_values(&["admin"]);
+        tracing::info!(addr = %admin_addr, "admin listening");
+        tracker.spawn(server::serve(
+            admin_listener,
+            builder,
+            move |peer| {
+                let shared = shared.clone();
+                move |req| {
+                    let shared = shared.clone();
+                    async move { crate::admin::handle(shared, peer, req).await }
+                }
+            },
+            open,
+            shutdown.clone(),
+        ));
+    }
+
+    Ok(Running {
+        proxy_addrs,
+        admin_addr,
+        shared,
+        shutdown,
+        tracker,
+    })
+}

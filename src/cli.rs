@@ -1,0 +1,120 @@
+//! The command line: parses flags, loads the configuration, runs the chosen subcommand and
+//! returns the process exit code.
+
+use clap::Parser;
+
+use crate::config::{self, Cli, Command, Flags, EXIT_INVALID_CONFIG};
+
+/// Exit code when the sidecar could not start (a port in use, an unreadable CA file, ...).
+pub const EXIT_START_FAILED: i32 = 1;
+
+/// Runs the command line and returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let env = |name: &str| std::env::var(name).ok();
+    match cli.command {
+        None => run(&cli.flags, &env),
+        Some(Command::Run(flags)) => run(&flags, &env),
+        Some(Command::Check(flags)) => check(&flags, &env),
+        Some(Command::Refresh(_flags)) => {
+            eprintln!("token-sidecar: refresh needs an OAuth2 grant");
+            EXIT_INVALID_CONFIG
+        }
+        Some(Command::Dev(_flags)) => {
+            eprintln!("token-sidecar: dev is not available in this build");
+            EXIT_START_FAILED
+        }
+    }
+}
+
+fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::Config, i32> {
+    config::load(flags, env).map_err(|e| {
+        eprint!("token-sidecar: {e}");
+        EXIT_INVALID_CONFIG
+    })
+}
+
+fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    match load(flags, env) {
+        Ok(cfg) => {
+            print!("configuration OK\n{}", cfg.summary());
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    }
+}
+
+fn run(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    // Parse the log format first so that configuration warnings are logged in it.
+    let format = match flags.log_format.as_deref() {
+        Some("text") => config::LogFormat::Text,
+        _ => config::LogFormat::Json,
+    };
+    crate::telemetry::init(format);
+    let cfg = match load(flags, env) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let rt = match runtime(cfg.threads) {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the runtime");
+            return EXIT_START_FAILED;
+        }
+    };
+    rt.block_on(serve(cfg))
+}
+
+async fn serve(cfg: config::Config) -> i32 {
+    let grace = cfg.shutdown_grace;
+    let threads = cfg.threads;
+    let running = match crate::app::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start");
+            return EXIT_START_FAILED;
+        }
+    };
+    tracing::info!(
+        threads,
+        version = env!("CARGO_PKG_VERSION"),
+        "token-sidecar started"
+    );
+    let signal = wait_for_signal().await;
+    tracing::info!(signal, grace = ?grace, "shutting down: no new connections, draining in-flight requests");
+    if running.shutdown(grace).await {
+        tracing::info!("shutdown complete");
+    } else {
+        tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
+    }
+    0
+}
+
+async fn wait_for_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
+            let _ = tokio::signal::ctrl_c().await;
+            return "SIGINT";
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+    }
+}

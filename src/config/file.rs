@@ -1,0 +1,240 @@
+//! The TOML configuration file: raw structures, `${VAR}` expansion and unknown-key detection.
+//!
+//! The raw fields mirror the typed ones in [`super`], where each is documented.
+#![allow(missing_docs)]
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The file as written. Every field is optional here; [`super::load`] checks them.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawFile {
+    pub admin: Option<RawAdmin>,
+    #[serde(default)]
+    pub route: Vec<RawRoute>,
+    #[serde(default)]
+    pub token: BTreeMap<String, RawToken>,
+    pub shared: Option<RawShared>,
+    pub log_format: Option<String>,
+    pub shutdown_grace: Option<String>,
+    pub threads: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAdmin {
+    pub listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawShared {
+    pub redis_url: Option<String>,
+    pub key_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRoute {
+    pub name: Option<String>,
+    pub listen: Option<String>,
+    pub upstream: Option<String>,
+    pub upstream_ca_file: Option<String>,
+    pub token: Option<String>,
+    pub refresh_on_401: Option<bool>,
+    pub retry_body_limit: Option<u64>,
+    pub header: Option<String>,
+    pub header_prefix: Option<String>,
+    pub upstream_timeout: Option<String>,
+    pub connect_timeout: Option<String>,
+    pub header_read_timeout: Option<String>,
+    pub max_request_header_bytes: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RawToken {
+    pub grant: Option<String>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub client_secret_file: Option<String>,
+    pub client_auth: Option<String>,
+    pub assertion: Option<String>,
+    pub assertion_file: Option<String>,
+    pub refresh_token_file: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub params: BTreeMap<String, String>,
+    pub token_file: Option<String>,
+    pub static_token: Option<String>,
+    pub refresh_margin: Option<String>,
+    pub min_refresh_interval: Option<String>,
+    pub state_file: Option<String>,
+    pub default_lifetime: Option<String>,
+    pub request_timeout: Option<String>,
+    pub file_poll_interval: Option<String>,
+}
+
+/// Parses the text of a config file. `${VAR}` in string values is replaced from `env`
+/// (`$${` writes a literal `${`). Problems are appended to `errors`, each naming its key.
+pub fn parse(
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) -> Option<RawFile> {
+    let mut value: toml::Value = match toml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            errors.push(format!("config file: {}", e.message().trim()).replace('\n', " "));
+            if let Some(span) = e.span() {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                if let Some(last) = errors.last_mut() {
+                    last.push_str(&format!(" (line {line})"));
+                }
+            }
+            return None;
+        }
+    };
+    expand_value(&mut value, &mut String::new(), env, errors);
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
+    let parsed: Result<RawFile, _> = serde_path_to_error::deserialize(de);
+    for key in unknown {
+        errors.push(format!("config file: unknown key `{key}`"));
+    }
+    match parsed {
+        Ok(raw) => Some(raw),
+        Err(e) => {
+            errors.push(format!("config file: `{}`: {}", e.path(), e.inner()));
+            None
+        }
+    }
+}
+
+fn expand_value(
+    v: &mut toml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+    errors: &mut Vec<String>,
+) {
+    match v {
+        toml::Value::String(s) => match expand(s, env) {
+            Ok(e) => *s = e,
+            Err(var) => errors.push(format!(
+                "config file: `{path}`: environment variable `{var}` is not set"
+            )),
+        },
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_value(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, item) in t.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(k);
+                expand_value(item, path, env, errors);
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Expands `${VAR}`; returns the name of the first unset variable as the error.
+pub fn expand(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    if !s.contains('$') {
+        return Ok(s.to_owned());
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i..];
+        if let Some(tail) = after.strip_prefix("$${") {
+            out.push_str("${");
+            rest = tail;
+        } else if let Some(tail) = after.strip_prefix("${") {
+            match tail.find('}') {
+                Some(end) => {
+                    let name = &tail[..end];
+                    match env(name) {
+                        Some(val) => out.push_str(&val),
+                        None => return Err(name.to_owned()),
+                    }
+                    rest = &tail[end + 1..];
+                }
+                None => {
+                    out.push_str(after);
+                    rest = "";
+                }
+            }
+        } else {
+            out.push('$');
+            rest = &after[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        (name == "ID").then(|| "abc".to_owned())
+    }
+
+    #[test]
+    fn expansion() {
+        assert_eq!(expand("x-${ID}-y", &env).unwrap(), "x-abc-y");
+        assert_eq!(expand("$${ID} $5", &env).unwrap(), "${ID} $5");
+        assert_eq!(expand("${NOPE}", &env).unwrap_err(), "NOPE");
+    }
+
+    #[test]
+    fn unknown_keys_all_reported() {
+        let mut errors = vec![];
+        let text = "bogus = 1\n[[route]]\nname = \"a\"\nlisten_addr = \"x\"\n[token.t]\ngrnt = \"static\"\n";
+        let raw = parse(text, &env, &mut errors);
+        assert!(raw.is_some());
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors.iter().any(|e| e.contains("`bogus`")));
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("`route.0.listen_addr`") || e.contains("route[0].listen_addr")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("token.t.grnt")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let mut errors = vec![];
+        parse("[[route]]\nrefresh_on_401 = \"yes\"\n", &env, &mut errors);
+        assert!(errors[0].contains("route[0].refresh_on_401"), "{errors:?}");
+    }
+
+    #[test]
+    fn missing_variable_names_the_key() {
+        let mut errors = vec![];
+        parse("[token.rc]\nclient_id = \"${NOPE}\"\n", &env, &mut errors);
+        assert!(
+            errors[0].contains("token.rc.client_id") && errors[0].contains("NOPE"),
+            "{errors:?}"
+        );
+    }
+}

@@ -1,0 +1,294 @@
+//! The data plane: one [`Route`] per listener forwards the app's requests to its upstream
+//! with the token injected.
+//!
+//! For each request, in order:
+//! 1. the header block is measured (431 over the limit),
+//! 2. the target is checked: never CONNECT, never another host, no dot segments (400),
+//! 3. the token is loaded, one atomic load; none or expired means 503 and nothing is sent,
+//! 4. hop-by-hop headers, `Host` and the app's credentials are dropped, the token header set,
+//! 5. the request is sent through the route's pooled client, bodies streamed both ways,
+//! 6. upstream failures become the sidecar's own 502/504 answers (see [`crate::error`]).
+
+pub mod client;
+pub mod rewrite;
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::HeaderName;
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::Body;
+use crate::error::{error_response, token_unavailable, ErrorKind};
+use crate::metrics::RouteMetrics;
+use crate::token::TokenStore;
+use client::UpstreamClient;
+use rewrite::{check_target, header_list_size, is_upgrade, prepare_request_headers, Upstream};
+
+/// Everything a route needs to forward a request.
+pub struct RouteSettings {
+    /// The route's name (metric label `route`).
+    pub name: String,
+    /// Where requests go.
+    pub upstream: Upstream,
+    /// The token profile's store.
+    pub store: Arc<TokenStore>,
+    /// The header the token is written to.
+    pub header_name: HeaderName,
+    /// The prefix written before the token (must be registered with `store`).
+    pub header_prefix: String,
+    /// Upper bound on waiting for the upstream's response headers.
+    pub upstream_timeout: Duration,
+    /// Request header blocks larger than this (HTTP/2 accounting) are answered 431.
+    pub max_request_header_bytes: usize,
+}
+
+/// One route: a listener's fixed upstream, token and client.
+pub struct Route {
+    name: String,
+    upstream: Upstream,
+    store: Arc<TokenStore>,
+    header_name: HeaderName,
+    header_index: usize,
+    client: UpstreamClient,
+    upgrade_client: UpstreamClient,
+    upstream_timeout: Duration,
+    max_request_header_bytes: usize,
+    metrics: RouteMetrics,
+}
+
+impl std::fmt::Debug for Route {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Route")
+            .field("name", &self.name)
+            .field("upstream", &self.upstream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Route {
+    /// Builds a route. `clients` comes from [`client::build`].
+    pub fn new(
+        settings: RouteSettings,
+        clients: (UpstreamClient, UpstreamClient),
+        metrics: RouteMetrics,
+    ) -> Self {
+        let header_index = settings
+            .store
+            .prefix_index(&settings.header_prefix)
+            .unwrap_or(0);
+        Route {
+            name: settings.name,
+            upstream: settings.upstream,
+            store: settings.store,
+            header_name: settings.header_name,
+            header_index,
+            client: clients.0,
+            upgrade_client: clients.1,
+            upstream_timeout: settings.upstream_timeout,
+            max_request_header_bytes: settings.max_request_header_bytes,
+            metrics,
+        }
+    }
+
+    /// The route's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The route's token store.
+    pub fn store(&self) -> &Arc<TokenStore> {
+        &self.store
+    }
+
+    /// Answers one request from the app. Never fails: every problem becomes a response.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        let method = req.method().clone();
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        let path = if debug {
+            req.uri().path().to_owned()
+        } else {
+            String::new()
+        };
+        let resp = self.forward(req, start).await;
+        let status = resp.status().as_u16();
+        self.metrics.count(status);
+        let elapsed = start.elapsed();
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        if debug {
+            tracing::debug!(
+                route = %self.name,
+                method = %method,
+                path = %path,
+                status,
+                error = resp.headers().get(crate::error::ERROR_HEADER).and_then(|v| v.to_str().ok()),
+                elapsed_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        resp
+    }
+
+    fn reject(&self, kind: ErrorKind, message: &str) -> Response<Body> {
+        self.metrics.rejected(kind.as_str());
+        error_response(kind, message)
+    }
+
+    async fn forward(&self, mut req: Request<Incoming>, now: Instant) -> Response<Body> {
+        if header_list_size(req.headers()) > self.max_request_header_bytes {
+            return self.reject(
+                ErrorKind::HeaderTooLarge,
+                "The request headers are larger than this sidecar accepts.",
+            );
+        }
+        let target = match check_target(req.method(), req.version(), req.uri(), &self.upstream) {
+            Ok(t) => t,
+            Err(e) => return self.reject(ErrorKind::BadRequest, &e.to_string()),
+        };
+        let token_header = match self.store.load().as_ref() {
+            Some(t) if t.is_valid_at(now) => t.header(self.header_index).clone(),
+            _ => {
+                self.metrics.rejected(ErrorKind::TokenUnavailable.as_str());
+                return token_unavailable(1);
+            }
+        };
+        let uri = match self.upstream.join(&target) {
+            Ok(u) => u,
+            Err(e) => return self.reject(ErrorKind::BadRequest, &e.to_string()),
+        };
+        let upgrade = is_upgrade(req.headers(), req.version());
+        let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        let (mut parts, body) = req.into_parts();
+        parts.uri = uri;
+        // The pooled client upgrades to HTTP/2 itself when ALPN negotiates it.
+        parts.version = Version::HTTP_11;
+        parts.extensions = http::Extensions::new();
+        prepare_request_headers(&mut parts.headers, upgrade);
+        parts.headers.insert(self.header_name.clone(), token_header);
+        let out = Request::from_parts(parts, Body::Incoming(body));
+
+        let client = if upgrade {
+            &self.upgrade_client
+        } else {
+            &self.client
+        };
+        let result = tokio::time::timeout(self.upstream_timeout, client.request(out)).await;
+        let mut resp = match result {
+            Ok(Ok(resp)) => resp,
+            Ok(Err(e)) => return self.upstream_failure(&e),
+            Err(_) => {
+                self.metrics.upstream_error("timeout");
+                tracing::warn!(route = %self.name, timeout = ?self.upstream_timeout, "upstream did not answer in time");
+                return self.reject(
+                    ErrorKind::UpstreamTimeout,
+                    "The upstream did not answer in time.",
+                );
+            }
+        };
+
+        let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if let (true, Some(on_upgrade)) = (switching, on_upgrade) {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let route = self.name.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(on_upgrade, upstream_upgrade) {
+                    Ok((app, up)) => {
+                        let mut app = TokioIo::new(app);
+                        let mut up = TokioIo::new(up);
+                        if let Err(e) = tokio::io::copy_bidirectional(&mut app, &mut up).await {
+                            tracing::debug!(route = %route, error = %e, "upgraded connection ended");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(route = %route, error = %e, "protocol upgrade failed")
+                    }
+                }
+            });
+        }
+        let (mut parts, body) = resp.into_parts();
+        rewrite::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+        Response::from_parts(parts, Body::Incoming(body))
+    }
+
+    fn upstream_failure(&self, err: &hyper_util::client::legacy::Error) -> Response<Body> {
+        let (kind, label, message) = classify(err);
+        self.metrics.upstream_error(label);
+        tracing::warn!(
+            route = %self.name,
+            kind = label,
+            error = %ErrorChain(err),
+            "upstream request failed"
+        );
+        self.reject(kind, message)
+    }
+}
+
+/// Maps a client error to the response kind, the metric label and the client-facing sentence.
+fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorKind, &'static str, &'static str) {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    let mut timed_out = false;
+    while let Some(e) = source {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return (
+                ErrorKind::UpstreamUnreachable,
+                "tls",
+                "The TLS handshake with the upstream failed.",
+            );
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                timed_out = true;
+            }
+            if io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+            {
+                return (
+                    ErrorKind::UpstreamUnreachable,
+                    "tls",
+                    "The TLS handshake with the upstream failed.",
+                );
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        if timed_out {
+            return (
+                ErrorKind::UpstreamUnreachable,
+                "timeout",
+                "Connecting to the upstream timed out.",
+            );
+        }
+        return (
+            ErrorKind::UpstreamUnreachable,
+            "connect",
+            "The upstream could not be reached.",
+        );
+    }
+    (
+        ErrorKind::UpstreamError,
+        "protocol",
+        "The connection to the upstream failed before a complete response arrived.",
+    )
+}
+
+/// Displays an error with its whole cause chain.
+pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(e) = src {
+            write!(f, ": {e}")?;
+            src = e.source();
+        }
+        Ok(())
+    }
+}

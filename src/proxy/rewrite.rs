@@ -1,0 +1,418 @@
+//! Pure functions that decide where a request goes and which headers go with it.
+//!
+//! Kept free of I/O so they can be tested exhaustively and fuzzed.
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Version};
+
+/// The fixed destination of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    scheme: Scheme,
+    authority: Authority,
+    /// The URL's path without a trailing `/`; empty for the root.
+    base_path: String,
+}
+
+/// Why an upstream URL was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum UpstreamUrlError {
+    /// Not a URL at all.
+    #[error("not a valid URL: {0}")]
+    Invalid(String),
+    /// Only `http` and `https` are forwarded to.
+    #[error("the scheme must be http or https")]
+    Scheme,
+    /// A host is required.
+    #[error("the URL must name a host")]
+    NoHost,
+    /// Credentials do not belong in the URL.
+    #[error("the URL must not contain user information (credentials come from the token)")]
+    UserInfo,
+    /// The query string of a request is the app's.
+    #[error("the URL must not contain a query or fragment")]
+    Query,
+}
+
+impl Upstream {
+    /// Parses a base URL such as `https://platform.ringcentral.com` or `http://127.0.0.1:9000/api`.
+    pub fn parse(url: &str) -> Result<Self, UpstreamUrlError> {
+        if url.contains('#') {
+            return Err(UpstreamUrlError::Query);
+        }
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| UpstreamUrlError::Invalid(e.to_string()))?;
+        let scheme = uri.scheme().cloned().ok_or(UpstreamUrlError::Scheme)?;
+        if scheme != Scheme::HTTP && scheme != Scheme::HTTPS {
+            return Err(UpstreamUrlError::Scheme);
+        }
+        let authority = uri.authority().cloned().ok_or(UpstreamUrlError::NoHost)?;
+        if authority.as_str().contains('@') {
+            return Err(UpstreamUrlError::UserInfo);
+        }
+        if authority.host().is_empty() {
+            return Err(UpstreamUrlError::NoHost);
+        }
+        if uri.query().is_some() {
+            return Err(UpstreamUrlError::Query);
+        }
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        Ok(Upstream {
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// Host and port.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// Whether TLS is used.
+    pub fn is_https(&self) -> bool {
+        self.scheme == Scheme::HTTPS
+    }
+
+    /// The base path (no trailing `/`).
+    pub fn base_path(&self) -> &str {
+        &self.base_path
+    }
+
+    /// The URI a request for `target` (the app's path and query) is sent to.
+    pub fn join(&self, target: &PathAndQuery) -> Result<Uri, TargetError> {
+        let pq = if self.base_path.is_empty() {
+            target.clone()
+        } else {
+            let mut s = String::with_capacity(self.base_path.len() + target.as_str().len());
+            s.push_str(&self.base_path);
+            s.push_str(target.as_str());
+            PathAndQuery::try_from(s).map_err(|_| TargetError::Malformed)?
+        };
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .map_err(|_| TargetError::Malformed)
+    }
+
+    fn port(&self) -> u16 {
+        self.authority
+            .port_u16()
+            .unwrap_or(if self.is_https() { 443 } else { 80 })
+    }
+}
+
+/// Why a request target is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TargetError {
+    /// CONNECT would make the sidecar a tunnel to anywhere.
+    #[error("CONNECT is not supported: the sidecar is not an open proxy.")]
+    Connect,
+    /// An absolute-form target names a host other than the route's upstream.
+    #[error(
+        "The request names another host; this sidecar only forwards to its configured upstream."
+    )]
+    ForeignHost,
+    /// The target is not an origin-form path.
+    #[error("The request target must be a path starting with '/'.")]
+    NotOriginForm,
+    /// `.` or `..` segments could climb out of the upstream's base path.
+    #[error("The request path contains '.' or '..' segments.")]
+    DotSegment,
+    /// Something the URI grammar does not allow.
+    #[error("The request target is malformed.")]
+    Malformed,
+}
+
+/// Checks the app's request target and returns the path and query to forward.
+///
+/// HTTP/1 absolute-form targets (as sent by clients configured with this sidecar as an HTTP
+/// proxy) are accepted only when they name the upstream itself or a loopback address (the
+/// sidecar); HTTP/2 always carries an `:authority`, which, like `Host`, is ignored.
+pub fn check_target(
+    method: &Method,
+    version: Version,
+    uri: &Uri,
+    upstream: &Upstream,
+) -> Result<PathAndQuery, TargetError> {
+    if method == Method::CONNECT {
+        return Err(TargetError::Connect);
+    }
+    if version != Version::HTTP_2 {
+        if let Some(auth) = uri.authority() {
+            if !names_upstream_or_loopback(auth, uri.scheme(), upstream) {
+                return Err(TargetError::ForeignHost);
+            }
+        }
+    }
+    let pq = match uri.path_and_query() {
+        Some(pq) => pq.clone(),
+        None if uri.authority().is_some() => PathAndQuery::from_static("/"),
+        None => return Err(TargetError::NotOriginForm),
+    };
+    if !pq.path().starts_with('/') {
+        return Err(TargetError::NotOriginForm);
+    }
+    if has_dot_segment(pq.path()) {
+        return Err(TargetError::DotSegment);
+    }
+    Ok(pq)
+}
+
+fn names_upstream_or_loopback(auth: &Authority, scheme: Option<&Scheme>, up: &Upstream) -> bool {
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        if ip.is_loopback() {
+            return true;
+        }
+    }
+    if !host.eq_ignore_ascii_case(
+        up.authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']'),
+    ) {
+        return false;
+    }
+    let default_port = match scheme {
+        Some(s) if *s == Scheme::HTTPS => 443,
+        _ => 80,
+    };
+    let port = auth.port_u16().unwrap_or(default_port);
+    // `http://api.example.com/x` sent to the sidecar means "the upstream", whatever its port.
+    auth.port_u16().is_none() || port == up.port()
+}
+
+/// Whether a path has a `.` or `..` segment, plainly or percent-encoded.
+pub fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        if seg.is_empty() || seg.len() > 6 {
+            return false;
+        }
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
+/// proxy-credential headers a proxy consumes.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+];
+
+/// Whether `name` is a hop-by-hop header (never forwarded, so never usable for the token).
+pub fn is_hop_by_hop_name(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Whether a request asks to switch protocols (a WebSocket handshake).
+pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
+    version == Version::HTTP_11
+        && headers.contains_key(header::UPGRADE)
+        && connection_has(headers, "upgrade")
+}
+
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// Removes hop-by-hop headers and those named in `Connection`. With `keep_upgrade`, the
+/// `Upgrade` header and `Connection: upgrade` survive (a protocol switch in progress).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+            .collect();
+        for name in named {
+            if keep_upgrade && name == header::UPGRADE {
+                continue;
+            }
+            // Never let `Connection` remove the headers that decide where the request goes.
+            if name == header::HOST {
+                continue;
+            }
+            headers.remove(&name);
+        }
+    }
+    // `TE: trailers` is end-to-end meaningful for HTTP/2 (gRPC).
+    let te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in HOP_BY_HOP.iter() {
+        if keep_upgrade && (*name == header::UPGRADE) {
+            continue;
+        }
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    }
+    if te_trailers {
+        headers.insert(header::TE, http::HeaderValue::from_static("trailers"));
+    }
+}
+
+/// Prepares the app's headers for the upstream: hop-by-hop headers, `Host` and the app's own
+/// credentials go; the caller then inserts the token header.
+pub fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
+    strip_hop_by_hop(headers, upgrade);
+    headers.remove(header::HOST);
+    headers.remove(header::AUTHORIZATION);
+}
+
+/// Total size of a header block as HTTP/2 counts it (name + value + 32 per field).
+pub fn header_list_size(headers: &HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 32)
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn up(s: &str) -> Upstream {
+        Upstream::parse(s).unwrap()
+    }
+
+    #[test]
+    fn parse_upstreams() {
+        assert_eq!(up("https://a.example.com/").base_path(), "");
+        assert_eq!(up("http://127.0.0.1:9/api/v1/").base_path(), "/api/v1");
+        assert_eq!(Upstream::parse("ftp://x"), Err(UpstreamUrlError::Scheme));
+        assert_eq!(
+            Upstream::parse("https://u:p@x"),
+            Err(UpstreamUrlError::UserInfo)
+        );
+        assert_eq!(
+            Upstream::parse("https://x/?a=b"),
+            Err(UpstreamUrlError::Query)
+        );
+        assert!(Upstream::parse("/just/a/path").is_err());
+        assert!(Upstream::parse("not a url").is_err());
+    }
+
+    #[test]
+    fn join_paths() {
+        let u = up("https://api.example.com/base/");
+        let pq = PathAndQuery::from_static("/a/b?c=d");
+        assert_eq!(
+            u.join(&pq).unwrap().to_string(),
+            "https://api.example.com/base/a/b?c=d"
+        );
+        let root = up("http://127.0.0.1:8000");
+        assert_eq!(
+            root.join(&pq).unwrap().to_string(),
+            "http://127.0.0.1:8000/a/b?c=d"
+        );
+        // `//host` stays a path on the upstream.
+        let pq = PathAndQuery::from_static("//evil.example.com/x");
+        assert_eq!(
+            u.join(&pq).unwrap().authority().unwrap().as_str(),
+            "api.example.com"
+        );
+    }
+
+    #[test]
+    fn targets() {
+        let u = up("https://api.example.com");
+        let get = Method::GET;
+        let h1 = Version::HTTP_11;
+        let t = |s: &str| check_target(&get, h1, &s.parse().unwrap(), &u);
+        assert_eq!(t("/x?y").unwrap().as_str(), "/x?y");
+        assert_eq!(
+            t("http://evil.example.com/x"),
+            Err(TargetError::ForeignHost)
+        );
+        assert_eq!(t("http://api.example.com/x").unwrap().as_str(), "/x");
+        assert_eq!(t("http://api.example.com:443/x").unwrap().as_str(), "/x");
+        assert_eq!(
+            t("http://api.example.com:444/x"),
+            Err(TargetError::ForeignHost)
+        );
+        assert_eq!(t("http://127.0.0.1:8080/x").unwrap().as_str(), "/x");
+        assert_eq!(t("/a/../b"), Err(TargetError::DotSegment));
+        assert_eq!(t("/a/%2E%2e/b"), Err(TargetError::DotSegment));
+        assert_eq!(t("/a/./b"), Err(TargetError::DotSegment));
+        assert!(t("/a/..b/c").is_ok());
+        assert_eq!(t("*"), Err(TargetError::NotOriginForm));
+        assert_eq!(
+            check_target(
+                &Method::CONNECT,
+                h1,
+                &"api.example.com:443".parse().unwrap(),
+                &u
+            ),
+            Err(TargetError::Connect)
+        );
+        // HTTP/2's :authority is like Host: ignored.
+        assert!(check_target(
+            &get,
+            Version::HTTP_2,
+            &"http://whatever.example/x".parse().unwrap(),
+            &u
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, x-secret-hop".parse().unwrap());
+        h.insert("x-secret-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("transfer-encoding", "chunked".parse().unwrap());
+        h.insert("proxy-authorization", "Basic x".parse().unwrap());
+        h.insert("authorization", "Bearer app".parse().unwrap());
+        h.insert("host", "localhost:8080".parse().unwrap());
+        h.insert("x-keep", "1".parse().unwrap());
+        prepare_request_headers(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["te", "x-keep"]);
+    }
+
+    #[test]
+    fn upgrade_survives() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(is_upgrade(&h, Version::HTTP_11));
+        prepare_request_headers(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+}

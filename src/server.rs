@@ -1,0 +1,98 @@
+//! Accept loops: hyper-util's auto builder (HTTP/1.1 and h2c), header-read timeout,
+//! graceful shutdown.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use prometheus::IntGauge;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::body::Body;
+
+/// Connection-level limits of a listener.
+#[derive(Debug, Clone)]
+pub struct ListenerSettings {
+    /// Time a client has to send a request's headers; on HTTP/1 keep-alive connections it also
+    /// bounds the idle time between requests.
+    pub header_read_timeout: Duration,
+    /// The largest header block hyper itself reads (the route's own, smaller limit answers 431
+    /// with the sidecar's JSON body; hyper's own answer is a bare 431).
+    pub max_header_bytes: usize,
+}
+
+/// Builds the connection builder for a listener.
+pub fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes.max(8192))
+        .max_headers(256)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
+        .max_concurrent_streams(256)
+        .max_pending_accept_reset_streams(64)
+        .max_local_error_reset_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Serves `listener` until `shutdown` fires, then lets open connections finish their
+/// in-flight requests (bounded by the caller). `make` builds the request handler of each
+/// connection from the peer's address.
+pub async fn serve<M, H, F>(
+    listener: TcpListener,
+    builder: auto::Builder<TokioExecutor>,
+    make: M,
+    open: IntGauge,
+    shutdown: CancellationToken,
+) where
+    M: Fn(SocketAddr) -> H,
+    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = make(peer);
+        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler(req).await) }
+        });
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn.into_owned());
+        let open = open.clone();
+        open.inc();
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, %peer, "connection ended with an error");
+            }
+            open.dec();
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
