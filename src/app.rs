@@ -16,6 +16,7 @@ use crate::proxy::client::{self, ClientSettings};
 use crate::proxy::{Route, RouteSettings};
 use crate::server::{self, ListenerSettings};
 use crate::token::file::FileSource;
+use crate::token::refresher::Refresher;
 use crate::token::{NewToken, Profile, Source, TokenStore, Trigger};
 
 /// State shared by the listeners.
@@ -24,7 +25,7 @@ pub struct Shared {
     /// Every route, in configuration order.
     pub routes: Vec<Arc<Route>>,
     /// Every token profile by name.
-    pub profiles: BTreeMap<String, Profile>,
+    pub profiles: BTreeMap<String, Arc<Profile>>,
     /// The process's metrics.
     pub metrics: Metrics,
 }
@@ -130,21 +131,26 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 tracker.spawn(src.run(shutdown.clone()));
                 Source::File(path.clone())
             }
-            other => {
-                return Err(StartError::Token {
-                    token: name.clone(),
-                    message: format!("grant {} is not available in this build", other.kind()),
-                })
+            _ => {
+                let refresher =
+                    Arc::new(Refresher::new(tc, store.clone(), metrics.clone()).map_err(
+                        |message| StartError::Token {
+                            token: name.clone(),
+                            message,
+                        },
+                    )?);
+                tracker.spawn(refresher.clone().run(shutdown.clone()));
+                Source::OAuth(refresher)
             }
         };
         profiles.insert(
             name.clone(),
-            Profile {
+            Arc::new(Profile {
                 name: name.clone(),
                 grant_kind: tc.grant.kind(),
                 store,
                 source,
-            },
+            }),
         );
     }
 
@@ -153,7 +159,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut proxy_addrs = Vec::new();
     let mut listeners = Vec::new();
     for rc in &config.routes {
-        let store = profiles[&rc.token].store.clone();
+        let profile = profiles[&rc.token].clone();
+        let store = profile.store.clone();
         let clients = client::build(&ClientSettings {
             connect_timeout: rc.connect_timeout,
             pool_idle_timeout: Duration::from_secs(90),
@@ -172,6 +179,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 header_prefix: rc.header_prefix.clone(),
                 upstream_timeout: rc.upstream_timeout,
                 max_request_header_bytes: rc.max_request_header_bytes,
+                profile,
+                refresh_on_401: rc.refresh_on_401,
+                retry_body_limit: rc.retry_body_limit,
             },
             clients,
             RouteMetrics::new(&metrics, &rc.name),

@@ -20,8 +20,8 @@ pub enum Body {
     Full(Option<Bytes>),
     /// A body streamed from the peer.
     Incoming(Incoming),
-    /// Chunks already read from a peer, followed by the rest of the stream.
-    Prefixed(VecDeque<Bytes>, Incoming),
+    /// Frames already read from a peer, followed by the rest of the stream.
+    Prefixed(VecDeque<Frame<Bytes>>, Incoming),
 }
 
 impl Body {
@@ -55,7 +55,7 @@ impl HttpBody for Body {
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx),
             Body::Prefixed(chunks, rest) => match chunks.pop_front() {
-                Some(c) => Poll::Ready(Some(Ok(Frame::data(c)))),
+                Some(f) => Poll::Ready(Some(Ok(f))),
                 None => Pin::new(rest).poll_frame(cx),
             },
         }
@@ -76,7 +76,11 @@ impl HttpBody for Body {
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
             Body::Prefixed(c, rest) => {
-                let buffered: u64 = c.iter().map(|b| b.len() as u64).sum();
+                let buffered: u64 = c
+                    .iter()
+                    .filter_map(Frame::data_ref)
+                    .map(|b| b.len() as u64)
+                    .sum();
                 let r = rest.size_hint();
                 let mut h = SizeHint::new();
                 h.set_lower(r.lower() + buffered);
@@ -87,4 +91,55 @@ impl HttpBody for Body {
             }
         }
     }
+}
+
+/// Reads `body` up to `limit` bytes so that the request can be sent again. Returns the body to
+/// send now and, when the whole body fit, a copy for a replay.
+pub async fn buffer_for_replay(
+    mut body: Incoming,
+    limit: u64,
+) -> Result<(Body, Option<Bytes>), hyper::Error> {
+    use http_body_util::BodyExt;
+    if body.is_end_stream() {
+        return Ok((Body::Empty, Some(Bytes::new())));
+    }
+    if body.size_hint().lower() > limit {
+        return Ok((Body::Incoming(body), None));
+    }
+    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
+    let mut total: u64 = 0;
+    loop {
+        match body.frame().await {
+            None => break,
+            Some(Err(e)) => return Err(e),
+            Some(Ok(frame)) => {
+                let is_data = frame.is_data();
+                if let Some(d) = frame.data_ref() {
+                    total += d.len() as u64;
+                }
+                frames.push_back(frame);
+                // Trailers cannot be replayed from a plain buffer; neither can an oversize body.
+                if !is_data || total > limit {
+                    return Ok((Body::Prefixed(frames, body), None));
+                }
+            }
+        }
+    }
+    let bytes = match frames.len() {
+        0 => Bytes::new(),
+        1 => frames
+            .pop_front()
+            .and_then(|f| f.into_data().ok())
+            .unwrap_or_default(),
+        _ => {
+            let mut buf = bytes::BytesMut::with_capacity(total as usize);
+            for f in frames {
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
+            }
+            buf.freeze()
+        }
+    };
+    Ok((Body::full(bytes.clone()), Some(bytes)))
 }

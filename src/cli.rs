@@ -16,10 +16,7 @@ pub fn main() -> i32 {
         None => run(&cli.flags, &env),
         Some(Command::Run(flags)) => run(&flags, &env),
         Some(Command::Check(flags)) => check(&flags, &env),
-        Some(Command::Refresh(_flags)) => {
-            eprintln!("token-sidecar: refresh needs an OAuth2 grant");
-            EXIT_INVALID_CONFIG
-        }
+        Some(Command::Refresh(flags)) => refresh(&flags, &env),
         Some(Command::Dev(_flags)) => {
             eprintln!("token-sidecar: dev is not available in this build");
             EXIT_START_FAILED
@@ -117,4 +114,76 @@ async fn wait_for_signal() -> &'static str {
         _ = term.recv() => "SIGTERM",
         _ = tokio::signal::ctrl_c() => "SIGINT",
     }
+}
+
+/// `refresh`: one forced refresh of every OAuth2 profile, as `run`'s refresher does it
+/// (using the refresh token from the state file when one is held), persisted, metadata
+/// printed as one JSON line per profile. Never prints a token.
+fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    let format = match flags.log_format.as_deref() {
+        Some("text") => config::LogFormat::Text,
+        _ => config::LogFormat::Json,
+    };
+    crate::telemetry::init(format);
+    let cfg = match load(flags, env) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let profiles: Vec<_> = cfg
+        .tokens
+        .values()
+        .filter(|t| t.grant.is_oauth())
+        .cloned()
+        .collect();
+    if profiles.is_empty() {
+        eprintln!("token-sidecar: refresh: no token profile uses an OAuth2 grant");
+        return EXIT_INVALID_CONFIG;
+    }
+    let rt = match runtime(1) {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("token-sidecar: cannot start the runtime: {e}");
+            return EXIT_START_FAILED;
+        }
+    };
+    rt.block_on(async {
+        let metrics = crate::metrics::Metrics::new();
+        let mut code = 0;
+        for tc in profiles {
+            if tc.state_file.is_none() && cfg.shared.is_none() {
+                tracing::warn!(token = %tc.name, "no state file or shared store: the new token is not kept anywhere");
+            }
+            let store = std::sync::Arc::new(crate::token::TokenStore::new(tc.name.as_str(), vec![]));
+            let refresher = match crate::token::refresher::Refresher::new(&tc, store.clone(), metrics.clone()) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("token-sidecar: token {}: {e}", tc.name);
+                    code = EXIT_START_FAILED;
+                    continue;
+                }
+            };
+            refresher.load_state().await;
+            let result = refresher.refresh(crate::token::Trigger::Manual, None).await;
+            let token = store.current();
+            let (has_rt, rt_exp) = refresher.refresh_token_info();
+            let line = match &result {
+                Ok(version) => serde_json::json!({
+                    "token": tc.name,
+                    "result": "success",
+                    "version": version,
+                    "obtained_at": token.as_ref().map(|t| crate::token::unix_seconds(t.obtained_at())),
+                    "expires_at": token.as_ref().and_then(|t| t.expires_at()).map(crate::token::unix_seconds),
+                    "has_refresh_token": has_rt,
+                    "refresh_token_expires_at": rt_exp,
+                    "state_file": tc.state_file.as_ref().map(|p| p.display().to_string()),
+                }),
+                Err(e) => {
+                    code = EXIT_START_FAILED;
+                    serde_json::json!({ "token": tc.name, "result": "failure", "error": e.to_string() })
+                }
+            };
+            println!("{line}");
+        }
+        code
+    })
 }

@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use crate::body::Body;
 use crate::error::{error_response, token_unavailable, ErrorKind};
 use crate::metrics::RouteMetrics;
-use crate::token::TokenStore;
+use crate::token::{Profile, TokenStore};
 use client::UpstreamClient;
 use rewrite::{check_target, header_list_size, is_upgrade, prepare_request_headers, Upstream};
 
@@ -44,6 +44,12 @@ pub struct RouteSettings {
     pub upstream_timeout: Duration,
     /// Request header blocks larger than this (HTTP/2 accounting) are answered 431.
     pub max_request_header_bytes: usize,
+    /// The token profile, asked for a newer token after a 401 when `refresh_on_401` is on.
+    pub profile: Arc<Profile>,
+    /// Refresh and replay once on a 401.
+    pub refresh_on_401: bool,
+    /// Request bodies up to this size are kept for a replay.
+    pub retry_body_limit: u64,
 }
 
 /// One route: a listener's fixed upstream, token and client.
@@ -58,6 +64,9 @@ pub struct Route {
     upstream_timeout: Duration,
     max_request_header_bytes: usize,
     metrics: RouteMetrics,
+    profile: Arc<Profile>,
+    refresh_on_401: bool,
+    retry_body_limit: u64,
 }
 
 impl std::fmt::Debug for Route {
@@ -91,6 +100,9 @@ impl Route {
             upstream_timeout: settings.upstream_timeout,
             max_request_header_bytes: settings.max_request_header_bytes,
             metrics,
+            profile: settings.profile,
+            refresh_on_401: settings.refresh_on_401,
+            retry_body_limit: settings.retry_body_limit,
         }
     }
 
@@ -149,11 +161,11 @@ impl Route {
             Ok(t) => t,
             Err(e) => return self.reject(ErrorKind::BadRequest, &e.to_string()),
         };
-        let token_header = match self.store.load().as_ref() {
-            Some(t) if t.is_valid_at(now) => t.header(self.header_index).clone(),
+        let (token_header, version) = match self.store.load().as_ref() {
+            Some(t) if t.is_valid_at(now) => (t.header(self.header_index).clone(), t.version()),
             _ => {
                 self.metrics.rejected(ErrorKind::TokenUnavailable.as_str());
-                return token_unavailable(1);
+                return token_unavailable(self.store.retry_after());
             }
         };
         let uri = match self.upstream.join(&target) {
@@ -169,27 +181,54 @@ impl Route {
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         prepare_request_headers(&mut parts.headers, upgrade);
-        parts.headers.insert(self.header_name.clone(), token_header);
-        let out = Request::from_parts(parts, Body::Incoming(body));
 
+        // Keep what a replay after a 401 needs: the request head and a small body.
+        let replayable = self.refresh_on_401 && !upgrade;
+        let (body, replay) = if replayable {
+            match crate::body::buffer_for_replay(body, self.retry_body_limit).await {
+                Ok((body, Some(bytes))) => (body, Some((clone_head(&parts), bytes))),
+                Ok((body, None)) => (body, None),
+                Err(e) => {
+                    tracing::debug!(route = %self.name, error = %e, "reading the request body failed");
+                    return self
+                        .reject(ErrorKind::BadRequest, "The request body could not be read.");
+                }
+            }
+        } else {
+            (Body::Incoming(body), None)
+        };
+
+        parts.headers.insert(self.header_name.clone(), token_header);
+        let out = Request::from_parts(parts, body);
         let client = if upgrade {
             &self.upgrade_client
         } else {
             &self.client
         };
-        let result = tokio::time::timeout(self.upstream_timeout, client.request(out)).await;
-        let mut resp = match result {
-            Ok(Ok(resp)) => resp,
-            Ok(Err(e)) => return self.upstream_failure(&e),
-            Err(_) => {
-                self.metrics.upstream_error("timeout");
-                tracing::warn!(route = %self.name, timeout = ?self.upstream_timeout, "upstream did not answer in time");
-                return self.reject(
-                    ErrorKind::UpstreamTimeout,
-                    "The upstream did not answer in time.",
-                );
-            }
+        let mut resp = match self.send(client, out).await {
+            Ok(r) => r,
+            Err(r) => return r,
         };
+
+        if resp.status() == StatusCode::UNAUTHORIZED && self.refresh_on_401 {
+            match replay {
+                Some((head, bytes)) => {
+                    if let Some(r) = self.replay_after_401(version, head, bytes).await {
+                        return r;
+                    }
+                    self.metrics.unauthorized_retry("still_unauthorized");
+                }
+                None => {
+                    // Too large (or an upgrade) to replay: answer the 401 now and refresh in
+                    // the background so that the app's own retry succeeds.
+                    self.metrics.unauthorized_retry("not_replayable");
+                    let profile = self.profile.clone();
+                    tokio::spawn(async move {
+                        profile.on_unauthorized(version).await;
+                    });
+                }
+            }
+        }
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(on_upgrade)) = (switching, on_upgrade) {
@@ -210,9 +249,63 @@ impl Route {
                 }
             });
         }
+        self.response(resp, switching && upgrade)
+    }
+
+    fn response(&self, resp: Response<Incoming>, upgraded: bool) -> Response<Body> {
         let (mut parts, body) = resp.into_parts();
-        rewrite::strip_hop_by_hop(&mut parts.headers, switching && upgrade);
+        rewrite::strip_hop_by_hop(&mut parts.headers, upgraded);
         Response::from_parts(parts, Body::Incoming(body))
+    }
+
+    /// Sends one request upstream within the timeout; failures become the sidecar's answer.
+    async fn send(
+        &self,
+        client: &UpstreamClient,
+        req: Request<Body>,
+    ) -> Result<Response<Incoming>, Response<Body>> {
+        match tokio::time::timeout(self.upstream_timeout, client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(self.upstream_failure(&e)),
+            Err(_) => {
+                self.metrics.upstream_error("timeout");
+                tracing::warn!(route = %self.name, timeout = ?self.upstream_timeout, "upstream did not answer in time");
+                Err(self.reject(
+                    ErrorKind::UpstreamTimeout,
+                    "The upstream did not answer in time.",
+                ))
+            }
+        }
+    }
+
+    /// After a 401 to a request sent with token `version`: obtains a newer token (single-flight)
+    /// and sends the request once more. `None` means no newer token: answer the first 401.
+    async fn replay_after_401(
+        &self,
+        version: u64,
+        head: http::request::Parts,
+        body: bytes::Bytes,
+    ) -> Option<Response<Body>> {
+        self.profile.on_unauthorized(version).await?;
+        let header = match self.store.load().as_ref() {
+            Some(t) if t.version() > version && t.is_valid_at(Instant::now()) => {
+                t.header(self.header_index).clone()
+            }
+            _ => return None,
+        };
+        let mut req = Request::from_parts(head, Body::full(body));
+        req.headers_mut().insert(self.header_name.clone(), header);
+        let resp = match self.send(&self.client, req).await {
+            Ok(r) => r,
+            Err(r) => return Some(r),
+        };
+        let result = if resp.status() == StatusCode::UNAUTHORIZED {
+            "still_unauthorized"
+        } else {
+            "success"
+        };
+        self.metrics.unauthorized_retry(result);
+        Some(self.response(resp, false))
     }
 
     fn upstream_failure(&self, err: &hyper_util::client::legacy::Error) -> Response<Body> {
@@ -226,6 +319,21 @@ impl Route {
         );
         self.reject(kind, message)
     }
+}
+
+/// A copy of a request head for a replay (the body is kept separately).
+fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
+    let mut b = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version);
+    if let Some(h) = b.headers_mut() {
+        *h = parts.headers.clone();
+    }
+    // A builder fed with values from valid parts cannot fail.
+    b.body(())
+        .map(|r| r.into_parts().0)
+        .unwrap_or_else(|_| Request::new(()).into_parts().0)
 }
 
 /// Maps a client error to the response kind, the metric label and the client-facing sentence.

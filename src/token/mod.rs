@@ -7,6 +7,10 @@
 //! allocation).
 
 pub mod file;
+pub mod oauth;
+pub mod refresher;
+pub mod schedule;
+pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -125,6 +129,7 @@ pub struct TokenStore {
     next_version: AtomicU64,
     status: Mutex<RefreshStatus>,
     version_tx: watch::Sender<u64>,
+    retry_after: AtomicU64,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -152,6 +157,7 @@ impl TokenStore {
             next_version: AtomicU64::new(1),
             status: Mutex::new(RefreshStatus::default()),
             version_tx: watch::channel(0).0,
+            retry_after: AtomicU64::new(1),
         }
     }
 
@@ -244,6 +250,16 @@ impl TokenStore {
             "token updated"
         );
         Ok(version)
+    }
+
+    /// Seconds an app should wait before retrying when no valid token is held.
+    pub fn retry_after(&self) -> u64 {
+        self.retry_after.load(Ordering::Relaxed)
+    }
+
+    /// Sets the `Retry-After` hint (the time until the next attempt to obtain a token).
+    pub fn set_retry_after(&self, secs: u64) {
+        self.retry_after.store(secs.max(1), Ordering::Relaxed);
     }
 
     /// Waits for a token with a version greater than `version`.
@@ -391,6 +407,8 @@ pub enum Source {
     Static,
     /// A watched file.
     File(std::path::PathBuf),
+    /// An OAuth2 token endpoint.
+    OAuth(Arc<refresher::Refresher>),
 }
 
 /// A token profile: its store and the source that feeds it.
@@ -423,7 +441,7 @@ pub enum RefreshError {
 }
 
 impl Profile {
-    /// Obtains a new token now (for `POST /refresh`).
+    /// Obtains a new token now (for `POST /refresh`), single-flight with any refresh running.
     pub async fn refresh_now(&self, trigger: Trigger) -> Result<(), RefreshError> {
         match &self.source {
             Source::Static => Ok(()),
@@ -431,13 +449,39 @@ impl Profile {
                 let mut src =
                     file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone());
                 src.reload(trigger.as_str());
-                match self.store.status().error {
-                    Some(e) if self.store.status().result == Some("failure") => {
-                        Err(RefreshError::Failed(e))
-                    }
+                let status = self.store.status();
+                match status.error {
+                    Some(e) if status.result == Some("failure") => Err(RefreshError::Failed(e)),
                     _ => Ok(()),
                 }
             }
+            Source::OAuth(r) => r
+                .refresh(trigger, None)
+                .await
+                .map(|_| ())
+                .map_err(|e| RefreshError::Failed(e.to_string())),
+        }
+    }
+
+    /// Handles an upstream 401 for a request sent with token `failed_version`: returns the
+    /// version of a newer token to replay with, or `None` when there is none.
+    pub async fn on_unauthorized(&self, failed_version: u64) -> Option<u64> {
+        match &self.source {
+            Source::Static => None,
+            Source::File(path) => {
+                let mut src =
+                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone());
+                src.reload("file");
+                let v = self.store.version();
+                (v > failed_version).then_some(v)
+            }
+            Source::OAuth(r) => match r.on_unauthorized(failed_version).await {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    tracing::info!(token = %self.name, reason = %e, "no newer token after a 401");
+                    None
+                }
+            },
         }
     }
 
@@ -448,6 +492,14 @@ impl Profile {
                 Some(serde_json::json!({ "token_file": path.display().to_string() }))
             }
             Source::Static => None,
+            Source::OAuth(r) => {
+                let (has_rt, rt_exp) = r.refresh_token_info();
+                Some(serde_json::json!({
+                    "has_refresh_token": has_rt,
+                    "refresh_token_expires_at": rt_exp,
+                    "next_refresh_at": r.next_attempt_unix(),
+                }))
+            }
         }
     }
 }
