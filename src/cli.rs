@@ -17,9 +17,15 @@ pub fn main() -> i32 {
         Some(Command::Run(flags)) => run(&flags, &env),
         Some(Command::Check(flags)) => check(&flags, &env),
         Some(Command::Refresh(flags)) => refresh(&flags, &env),
-        Some(Command::Dev(_flags)) => {
-            eprintln!("token-sidecar: dev is not available in this build");
-            EXIT_START_FAILED
+        Some(Command::Dev(flags)) => {
+            crate::telemetry::init(config::LogFormat::Text);
+            match runtime(2) {
+                Ok(rt) => rt.block_on(crate::demo::run(&flags)),
+                Err(e) => {
+                    eprintln!("token-sidecar: cannot start the runtime: {e}");
+                    EXIT_START_FAILED
+                }
+            }
         }
     }
 }
@@ -100,7 +106,7 @@ async fn serve(cfg: config::Config) -> i32 {
     0
 }
 
-async fn wait_for_signal() -> &'static str {
+pub(crate) async fn wait_for_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -352,10 +352,7 @@ fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorKind, &'static str
             if io.kind() == std::io::ErrorKind::TimedOut {
                 timed_out = true;
             }
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
-            {
+            if wraps_tls_error(io) {
                 return (
                     ErrorKind::UpstreamUnreachable,
                     "tls",
@@ -384,6 +381,23 @@ fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorKind, &'static str
         "protocol",
         "The connection to the upstream failed before a complete response arrived.",
     )
+}
+
+/// Whether an I/O error wraps a rustls error, possibly through further I/O errors (hyper-rustls
+/// wraps tokio-rustls's `io::Error` in another one). `io::Error::source` skips the wrapped
+/// error itself, so the chain is walked through `get_ref`.
+fn wraps_tls_error(io: &std::io::Error) -> bool {
+    let mut inner: Option<&(dyn StdError + 'static)> = io.get_ref().map(|e| e as _);
+    while let Some(e) = inner {
+        if e.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        inner = match e.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|e| e as _),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 /// Displays an error with its whole cause chain.

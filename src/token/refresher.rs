@@ -286,7 +286,7 @@ impl Refresher {
                 self.set_next_attempt(inner, Instant::now() + delay);
                 self.store.set_retry_after(1);
                 self.store.record_attempt(trigger.as_str(), Ok(()));
-                tracing::info!(
+                tracing::debug!(
                     token = %self.name,
                     trigger = trigger.as_str(),
                     version,

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test of token-sidecar: formatting, lints, unit and integration tests.
+# Installs what the tests need when it is missing (Debian/Ubuntu, as root or with sudo).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need() { command -v "$1" >/dev/null 2>&1; }
+apt_install() {
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  echo "== installing $* (apt-get)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+
+need cargo || { echo "cargo is required: https://rustup.rs" >&2; exit 1; }
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"

@@ -1,0 +1,125 @@
+//! `token-sidecar dev`: the whole thing on this machine, with no credentials.
+//!
+//! Starts the RingCentral-like token server and API double from [`crate::dev`] on loopback,
+//! then the sidecar in front of the API with the JWT grant, short-lived tokens and a state-less
+//! setup, and prints what to try.
+
+use std::time::Duration;
+
+use crate::config::{self, DevFlags, Flags};
+use crate::dev::api::ApiServer;
+use crate::dev::token_server::{TokenServer, TokenServerConfig, DEV_ASSERTION};
+
+/// Runs the demo until SIGTERM/SIGINT; returns the exit code.
+pub async fn run(flags: &DevFlags) -> i32 {
+    let lifetime = match humantime::parse_duration(&flags.token_lifetime) {
+        Ok(d) if d >= Duration::from_secs(2) => d,
+        _ => {
+            eprintln!("token-sidecar dev: --token-lifetime must be a duration of at least 2s");
+            return config::EXIT_INVALID_CONFIG;
+        }
+    };
+    let ts_cfg = TokenServerConfig {
+        access_ttl: lifetime,
+        refresh_ttl: Duration::from_secs(24 * 3600),
+        ..TokenServerConfig::default()
+    };
+    let client_id = ts_cfg.client_id.clone();
+    let client_secret = ts_cfg.client_secret.clone();
+    let token_server = match TokenServer::start(ts_cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the demo token server");
+            return crate::cli::EXIT_START_FAILED;
+        }
+    };
+    let api = match ApiServer::start(&token_server).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the demo API");
+            return crate::cli::EXIT_START_FAILED;
+        }
+    };
+
+    // Credentials go through files, as they should in production.
+    let dir = std::env::temp_dir().join(format!("token-sidecar-dev-{}", std::process::id()));
+    let write = |name: &str, value: &str| -> std::io::Result<std::path::PathBuf> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(name);
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(value.as_bytes())?;
+        Ok(path)
+    };
+    let (secret_file, jwt_file) = match (
+        write("client-secret", &client_secret),
+        write("jwt", DEV_ASSERTION),
+    ) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot write the demo credentials");
+            return crate::cli::EXIT_START_FAILED;
+        }
+    };
+    let sidecar_flags = Flags {
+        listen: Some(flags.listen.clone()),
+        admin_listen: Some(flags.admin_listen.clone()),
+        upstream: Some(api.url()),
+        grant: Some("jwt_bearer".into()),
+        token_url: Some(token_server.token_url()),
+        client_id: Some(client_id),
+        client_secret_file: Some(secret_file),
+        assertion_file: Some(jwt_file),
+        min_refresh_interval: Some("2s".into()),
+        threads: Some("2".into()),
+        ..Flags::default()
+    };
+    let cfg = match config::load(&sidecar_flags, &|_| None) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("token-sidecar dev: {e}");
+            return config::EXIT_INVALID_CONFIG;
+        }
+    };
+    let running = match crate::app::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the sidecar");
+            let _ = std::fs::remove_dir_all(&dir);
+            return crate::cli::EXIT_START_FAILED;
+        }
+    };
+    let proxy = running.proxy_addrs[0];
+    let admin = running.admin_addr;
+    println!(
+        "\ntoken-sidecar dev: a demo OAuth2 server ({}) issues {}-second tokens; an echo API ({})\n\
+         accepts only valid ones. The sidecar listens on http://{proxy} and injects the token.\n\n\
+         Try (no credentials in any of these requests):\n\
+         \x20 curl -s http://{proxy}/restapi/v1.0/account/~ ; echo\n\
+         \x20 curl -s -H 'Authorization: Bearer forged' http://{proxy}/restapi/v1.0/echo ; echo   # replaced\n\
+         \x20 curl -s http://{admin}/token-info ; echo        # version grows every ~{} s\n\
+         \x20 curl -s http://{admin}/readyz ; echo\n\
+         \x20 curl -s -X POST http://{admin}/refresh ; echo    # force a refresh\n\
+         \x20 curl -s http://{admin}/metrics | grep token_sidecar_token\n\
+         \x20 curl -s -i http://{}/restapi/v1.0/echo ; echo    # the API itself, without the sidecar: 401\n\n\
+         Logs follow on stderr; Ctrl-C stops.\n",
+        token_server.url(),
+        lifetime.as_secs(),
+        api.url(),
+        crate::token::schedule::refresh_delay(lifetime, None, 0.0).as_secs(),
+        api.addr(),
+    );
+    let signal = crate::cli::wait_for_signal().await;
+    tracing::info!(signal, "stopping the demo");
+    running.shutdown(Duration::from_secs(5)).await;
+    drop(api);
+    drop(token_server);
+    let _ = std::fs::remove_dir_all(&dir);
+    0
+}

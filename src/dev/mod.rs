@@ -1,0 +1,13 @@
+//! Test doubles of RingCentral's platform, small enough to run inside this binary: the
+//! `token-sidecar dev` demo and the integration tests both use them.
+//!
+//! - [`token_server`]: the OAuth2 token endpoint (`/restapi/oauth/token`, `/restapi/oauth/revoke`)
+//!   with RingCentral's grants, error bodies, refresh-token rotation and grace window, session
+//!   cap and "Auth" rate limit, plus fault injection and a record of every request.
+//! - [`api`]: an API upstream that accepts exactly the access tokens the token server holds
+//!   valid, answers RingCentral's 401 bodies otherwise, and echoes what it received.
+//!
+//! Both listen on loopback on a port chosen by the system, and stop when dropped.
+
+pub mod api;
+pub mod token_server;

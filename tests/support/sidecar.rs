@@ -1,0 +1,311 @@
+//! The real `token-sidecar` binary as a subprocess on port 0.
+//!
+//! Every stderr line is kept (a reader thread) so tests can find the bound ports and assert on
+//! the logs. The child is killed when the handle is dropped.
+
+use std::ffi::{OsStr, OsString};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::client::Client;
+use super::{wait_until, DEADLINE};
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_token-sidecar")
+}
+
+/// A command for the binary with a clean environment: no inherited `TOKEN_SIDECAR_*`.
+pub fn command() -> Command {
+    let mut cmd = Command::new(binary());
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("TOKEN_SIDECAR_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd
+}
+
+/// What a finished `check` (or other one-shot command) printed.
+#[derive(Debug)]
+pub struct Output {
+    /// Exit code.
+    pub code: Option<i32>,
+    /// Standard output.
+    pub stdout: String,
+    /// Standard error.
+    pub stderr: String,
+}
+
+impl Output {
+    /// Both streams.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs the binary with `args` and `envs` to completion.
+pub fn run_once<I, S>(args: I, envs: &[(&str, &str)]) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = command();
+    cmd.args(args).stdin(Stdio::null());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run token-sidecar");
+    Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Builds the command line of a sidecar.
+#[derive(Debug, Clone)]
+pub struct SidecarBuilder {
+    args: Vec<OsString>,
+    envs: Vec<(OsString, OsString)>,
+}
+
+impl SidecarBuilder {
+    /// `run --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --upstream <upstream>`, two
+    /// worker threads, `TOKEN_SIDECAR_LOG=debug`.
+    pub fn new(upstream: &str) -> Self {
+        SidecarBuilder {
+            args: [
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--threads",
+                "2",
+                "--upstream",
+                upstream,
+            ]
+            .iter()
+            .map(OsString::from)
+            .collect(),
+            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+        }
+    }
+
+    /// `--grant static --static-token <token>`.
+    pub fn static_token(self, token: &str) -> Self {
+        self.args(["--grant", "static", "--static-token", token])
+    }
+
+    /// `--grant file --token-file <path>`.
+    pub fn token_file(self, path: &std::path::Path) -> Self {
+        self.args(["--grant", "file"]).arg("--token-file").arg(path)
+    }
+
+    /// One more argument.
+    pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
+        self.args.push(a.as_ref().to_owned());
+        self
+    }
+
+    /// More arguments.
+    pub fn args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        self.args
+            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self
+    }
+
+    /// An environment variable.
+    pub fn env(mut self, k: &str, v: &str) -> Self {
+        self.envs.retain(|(key, _)| key != k);
+        self.envs.push((k.into(), v.into()));
+        self
+    }
+
+    /// Starts the sidecar and waits until both listeners are bound.
+    pub async fn start(self) -> Sidecar {
+        let mut cmd = command();
+        cmd.args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in &self.envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn token-sidecar");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        {
+            let logs = logs.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    match line {
+                        Ok(l) => logs.lock().unwrap().push(l),
+                        Err(_) => break,
+                    }
+                }
+            });
+        }
+        let mut sidecar = Sidecar {
+            child,
+            proxy_addr: "0.0.0.0:0".parse().unwrap(),
+            admin_addr: "0.0.0.0:0".parse().unwrap(),
+            logs,
+            exited: None,
+        };
+        let end = Instant::now() + DEADLINE;
+        loop {
+            let proxy = sidecar.find_addr("listening");
+            let admin = sidecar.find_addr("admin listening");
+            if let (Some(p), Some(a)) = (proxy, admin) {
+                sidecar.proxy_addr = p;
+                sidecar.admin_addr = a;
+                return sidecar;
+            }
+            if let Some(status) = sidecar.child.try_wait().unwrap() {
+                // Let the reader thread drain what is left.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "token-sidecar exited with {status} before listening; stderr:\n{}",
+                    sidecar.logs().join("\n")
+                );
+            }
+            if Instant::now() > end {
+                panic!(
+                    "token-sidecar did not report its listeners; stderr:\n{}",
+                    sidecar.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// A running sidecar process.
+#[derive(Debug)]
+pub struct Sidecar {
+    child: Child,
+    /// The default route's bound address.
+    pub proxy_addr: SocketAddr,
+    /// The admin listener's bound address.
+    pub admin_addr: SocketAddr,
+    logs: Arc<Mutex<Vec<String>>>,
+    exited: Option<ExitStatus>,
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Sidecar {
+    /// Every stderr line so far.
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().unwrap().clone()
+    }
+
+    /// Stderr lines parsed as JSON (lines that are not JSON are skipped).
+    pub fn json_logs(&self) -> Vec<serde_json::Value> {
+        self.logs()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Whether a JSON log line has `message`.
+    pub fn has_log(&self, message: &str) -> bool {
+        self.json_logs().iter().any(|v| v["message"] == message)
+    }
+
+    /// Waits for a JSON log line with `message`.
+    pub async fn wait_for_log(&self, message: &str) {
+        wait_until(DEADLINE, &format!("log line {message:?}"), || {
+            self.has_log(message)
+        })
+        .await;
+    }
+
+    fn find_addr(&self, message: &str) -> Option<SocketAddr> {
+        self.json_logs()
+            .iter()
+            .find(|v| v["message"] == message)
+            .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `http://<proxy>` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.proxy_addr)
+    }
+
+    /// `http://<admin>` + `path`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin_addr)
+    }
+
+    /// GET on the admin listener: status and body as text.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let r = Client::http1().get(&self.admin_url(path)).await;
+        (r.status, String::from_utf8_lossy(&r.body).into_owned())
+    }
+
+    /// The admin `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.admin_get("/metrics").await;
+        assert_eq!(status, 200, "/metrics");
+        body
+    }
+
+    /// Sends SIGTERM (through `kill`, to stay free of libc).
+    pub fn sigterm(&self) {
+        let st = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -TERM failed");
+    }
+
+    /// Waits up to `deadline` for the process to exit.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let end = Instant::now() + deadline;
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                self.exited = Some(st);
+                return st;
+            }
+            if Instant::now() > end {
+                panic!(
+                    "token-sidecar did not exit within {deadline:?}; stderr:\n{}",
+                    self.logs().join("\n")
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Panics when `secret` appears in any stderr line.
+    pub fn assert_logs_free_of(&self, secret: &str) {
+        let logs = self.logs();
+        assert!(!logs.is_empty(), "no log lines captured");
+        for line in &logs {
+            assert!(!line.contains(secret), "secret in a log line: {line}");
+        }
+    }
+}
