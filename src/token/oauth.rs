@@ -124,6 +124,11 @@ impl OAuthError {
                 _ if *status >= 500 => FailureClass::Transient,
                 _ => FailureClass::Rejected,
             },
+            // A 503 without Retry-After is an outage like any 5xx; a 429 always means "wait".
+            OAuthError::Throttled {
+                status: 503,
+                retry_after: None,
+            } => FailureClass::Transient,
             OAuthError::Throttled { retry_after, .. } => FailureClass::RetryAfter(*retry_after),
             OAuthError::Credentials(_) => FailureClass::Rejected,
             OAuthError::Status { .. } | OAuthError::Malformed(_) | OAuthError::Transport(_) => {

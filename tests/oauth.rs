@@ -1,0 +1,669 @@
+//! The OAuth2 token lifecycle against the RingCentral-faithful token server and API doubles:
+//! grants, timed refresh with rotation, failures and recovery, refresh on 401, the state file,
+//! the `refresh` subcommand and `POST /refresh`.
+
+mod support;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use support::metrics;
+use support::{Client, Sidecar, SidecarBuilder, DEADLINE};
+use token_sidecar::dev::api::ApiServer;
+use token_sidecar::dev::token_server::{
+    Fault, TokenServer, TokenServerConfig, DEV_ASSERTION, JWT_BEARER_GRANT, TOKEN_PREFIX,
+};
+
+/// A token server, an API double and the credential files for the sidecar.
+struct Rig {
+    ts: TokenServer,
+    api: ApiServer,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new(cfg: TokenServerConfig) -> Rig {
+        let ts = TokenServer::start(cfg).await.unwrap();
+        let api = ApiServer::start(&ts).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "test-secret\n").unwrap();
+        std::fs::write(dir.path().join("jwt"), DEV_ASSERTION).unwrap();
+        Rig { ts, api, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The sidecar in front of the API with the JWT grant.
+    fn sidecar(&self) -> SidecarBuilder {
+        SidecarBuilder::new(&self.api.url())
+            .args(["--grant", "jwt_bearer", "--client-id", "test-client"])
+            .arg("--token-url")
+            .arg(self.ts.token_url())
+            .arg("--client-secret-file")
+            .arg(self.path("secret"))
+            .arg("--assertion-file")
+            .arg(self.path("jwt"))
+    }
+
+    fn count(&self, grant: &str, status: u16) -> usize {
+        self.ts
+            .requests()
+            .iter()
+            .filter(|r| r.grant_type == grant && r.status == status)
+            .count()
+    }
+}
+
+/// Neither a token nor a credential in any log line, metric or /token-info.
+async fn assert_nothing_leaked(sc: &Sidecar) {
+    for secret in [TOKEN_PREFIX, DEV_ASSERTION, "test-secret"] {
+        sc.assert_logs_free_of(secret);
+        assert!(!sc.metrics().await.contains(secret));
+        assert!(!sc.admin_get("/token-info").await.1.contains(secret));
+    }
+}
+
+async fn wait_ready(sc: &Sidecar) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if sc.admin_get("/readyz").await.0 == 200 {
+            return;
+        }
+        assert!(Instant::now() < end, "not ready: {}", sc.logs().join("\n"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn token_info(sc: &Sidecar) -> serde_json::Value {
+    support::json(sc.admin_get("/token-info").await.1.as_bytes())["tokens"]["default"].clone()
+}
+
+#[tokio::test]
+async fn jwt_login_injects_a_token_the_api_accepts() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig.sidecar().start().await;
+    wait_ready(&sc).await;
+    let r = Client::http1()
+        .get_with(
+            &sc.url("/restapi/v1.0/account/~"),
+            &[("authorization", "Bearer app-forged")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reqs = rig.ts.requests();
+    assert_eq!(reqs.len(), 1);
+    assert_eq!(reqs[0].grant_type, JWT_BEARER_GRANT);
+    assert_eq!(
+        reqs[0].client_auth,
+        token_sidecar::dev::token_server::ClientAuthKind::Basic
+    );
+    let info = token_info(&sc).await;
+    assert_eq!(info["grant"], "jwt_bearer");
+    assert_eq!(info["valid"], true);
+    assert_eq!(info["has_refresh_token"], true);
+    assert_eq!(info["last_refresh"]["trigger"], "startup");
+    assert_nothing_leaked(&sc).await;
+}
+
+#[tokio::test]
+async fn timed_refresh_cycles_under_load_lose_no_request() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    // 3-second tokens: refreshed every ~1.2-1.5 s.
+    let sc = rig
+        .sidecar()
+        .args(["--token-param", "access_token_ttl=3"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    let url = sc.url("/restapi/v1.0/echo");
+    let end = Instant::now() + Duration::from_secs(7);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let client = Client::http1();
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while Instant::now() < end {
+                let r = client.get(&url).await;
+                if r.status == 200 {
+                    ok += 1;
+                } else {
+                    failed.push((r.status, r.text()));
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        let (ok, failed) = t.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    assert!(total > 100, "only {total} requests");
+    let refreshes = rig.count("refresh_token", 200);
+    assert!(refreshes >= 3, "only {refreshes} refreshes");
+    assert_eq!(
+        rig.ts.successful_logins(),
+        1,
+        "one session, kept by refreshes"
+    );
+    assert!(
+        rig.ts.stale_refresh_token_uses().is_empty(),
+        "an exchanged refresh token was reused"
+    );
+    assert!(rig.ts.sessions_evicted().is_empty());
+    let m = sc.metrics().await;
+    assert!(
+        metrics::value(
+            &m,
+            "token_sidecar_token_refreshes_total",
+            &[
+                ("token", "default"),
+                ("trigger", "timer"),
+                ("result", "success")
+            ]
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
+        "{m}"
+    );
+    assert_eq!(
+        metrics::sum(
+            &m,
+            "token_sidecar_requests_total",
+            &[("route", "default"), ("status", "200")]
+        ) as u32,
+        total
+    );
+    assert_nothing_leaked(&sc).await;
+}
+
+#[tokio::test]
+async fn concurrent_401s_share_one_refresh_and_are_replayed() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig.sidecar().start().await;
+    wait_ready(&sc).await;
+    let before = rig.ts.request_count();
+    assert!(rig.ts.expire_access_tokens() >= 1);
+    let client = Client::http1();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let client = client.clone();
+        let url = sc.url(&format!("/restapi/v1.0/echo?i={i}"));
+        tasks.push(tokio::spawn(async move { client.get(&url).await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(
+        rig.ts.request_count() - before,
+        1,
+        "exactly one token request"
+    );
+    assert_eq!(rig.count("refresh_token", 200), 1);
+    // Every 401 the API gave was replayed successfully.
+    let api_401s = rig.api.count_by_status().get(&401).copied().unwrap_or(0);
+    assert!(api_401s >= 1);
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_unauthorized_retries_total",
+            &[("route", "default"), ("result", "success")]
+        ),
+        Some(api_401s as f64),
+        "{m}"
+    );
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_token_refreshes_total",
+            &[
+                ("token", "default"),
+                ("trigger", "unauthorized"),
+                ("result", "success")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn refresh_on_401_off_passes_the_401_through() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig
+        .sidecar()
+        .args(["--refresh-on-401", "false"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    let before = rig.ts.request_count();
+    rig.ts.expire_access_tokens();
+    let r = Client::http1().get(&sc.url("/restapi/v1.0/echo")).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.header("x-token-sidecar-error").is_none(),
+        "the upstream's own 401"
+    );
+    assert!(r.text().contains("OAU-128"), "{}", r.text());
+    // Nothing is triggered: no token request, no retry counted.
+    tokio::task::yield_now().await;
+    assert_eq!(rig.ts.request_count(), before);
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::sum(&m, "token_sidecar_unauthorized_retries_total", &[]),
+        0.0
+    );
+}
+
+#[tokio::test]
+async fn a_large_body_is_not_replayed_but_the_refresh_still_happens() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig
+        .sidecar()
+        .args(["--retry-body-limit", "1024"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    rig.ts.expire_access_tokens();
+    let body = vec![b'x'; 10 * 1024];
+    let req = http::Request::post(sc.url("/restapi/v1.0/upload"))
+        .body(support::client::full(body.clone()))
+        .unwrap();
+    let r = Client::http1().send(req).await;
+    assert_eq!(r.status, 401, "not replayed");
+    support::eventually(DEADLINE, "the background refresh", || async {
+        rig.count("refresh_token", 200) == 1
+    })
+    .await;
+    // The app's own retry succeeds, and a small body is replayed transparently.
+    let req = http::Request::post(sc.url("/restapi/v1.0/upload"))
+        .body(support::client::full(body))
+        .unwrap();
+    assert_eq!(Client::http1().send(req).await.status, 200);
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_unauthorized_retries_total",
+            &[("route", "default"), ("result", "not_replayable")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn endpoint_down_keeps_the_valid_token_then_503_past_expiry_then_recovers() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig
+        .sidecar()
+        .args(["--token-param", "access_token_ttl=4"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    let obtained = Instant::now();
+    rig.ts.set_fault(Fault::Status(503), None);
+    let client = Client::http1();
+    // While the token is valid (4 s lifetime; refresh attempts fail from ~2 s): zero errors.
+    while obtained.elapsed() < Duration::from_millis(3300) {
+        let r = client.get(&sc.url("/restapi/v1.0/echo")).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Past expiry: the sidecar's own 503, never an expired token upstream.
+    support::eventually(DEADLINE, "token_unavailable", || async {
+        client.get(&sc.url("/restapi/v1.0/echo")).await.status == 503
+    })
+    .await;
+    let r = client.get(&sc.url("/restapi/v1.0/echo")).await;
+    r.assert_sidecar_error(503, "token_unavailable");
+    assert!(r.header("retry-after").is_some());
+    let (status, body) = sc.admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("default") && body.contains("expired"),
+        "{body}"
+    );
+    let api_401s = rig.api.count_by_status().get(&401).copied().unwrap_or(0);
+    assert_eq!(api_401s, 0, "an expired token was sent upstream");
+    // No stampede: the failures are backed off.
+    let failures = rig.ts.requests().iter().filter(|r| r.status == 503).count();
+    assert!(
+        failures <= 8,
+        "{failures} token requests during a ~3 s outage"
+    );
+    // Recovery by itself.
+    rig.ts.clear_fault();
+    support::eventually(Duration::from_secs(20), "recovery", || async {
+        client.get(&sc.url("/restapi/v1.0/echo")).await.status == 200
+    })
+    .await;
+    assert_eq!(sc.admin_get("/readyz").await.0, 200);
+    assert_nothing_leaked(&sc).await;
+}
+
+#[tokio::test]
+async fn malformed_token_responses_are_retried_until_a_good_one() {
+    for fault in [
+        Fault::Garbage,
+        Fault::Html,
+        Fault::Empty,
+        Fault::MissingAccessToken,
+        Fault::HugeBody,
+        Fault::DropConnection,
+        Fault::Status(500),
+    ] {
+        let rig = Rig::new(TokenServerConfig::default()).await;
+        rig.ts.set_fault(fault.clone(), Some(2));
+        let sc = rig.sidecar().start().await;
+        wait_ready(&sc).await;
+        let reqs = rig.ts.requests();
+        assert_eq!(reqs.len(), 3, "{fault:?}: two failures then success");
+        assert!(reqs[2].fault.is_none() && reqs[2].status == 200);
+        // Backed off: the second retry waited at least the floor.
+        assert!(reqs[2].at.duration_since(reqs[1].at) >= Duration::from_millis(200));
+        let logs = sc.logs().join("\n");
+        assert!(logs.contains("token refresh failed"), "{fault:?}: {logs}");
+        let m = sc.metrics().await;
+        assert_eq!(
+            metrics::value(
+                &m,
+                "token_sidecar_token_refreshes_total",
+                &[
+                    ("token", "default"),
+                    ("trigger", "startup"),
+                    ("result", "failure")
+                ]
+            ),
+            Some(2.0),
+            "{fault:?}"
+        );
+        assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+        sc.assert_logs_free_of(TOKEN_PREFIX);
+    }
+}
+
+#[tokio::test]
+async fn missing_expires_in_takes_the_default_lifetime() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    rig.ts.set_fault(Fault::MissingExpiresIn, Some(1));
+    let sc = rig
+        .sidecar()
+        .args(["--default-token-lifetime", "20m"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    let info = token_info(&sc).await;
+    let left = info["seconds_left"].as_u64().unwrap();
+    assert!((1100..=1200).contains(&left), "{info}");
+}
+
+#[tokio::test]
+async fn retry_after_is_honoured_on_429() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    rig.ts.set_fault(
+        Fault::TooManyRequests {
+            retry_after: Some(2),
+        },
+        Some(1),
+    );
+    let sc = rig.sidecar().start().await;
+    wait_ready(&sc).await;
+    let reqs = rig.ts.requests();
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].status, 429);
+    let waited = reqs[1].at.duration_since(reqs[0].at);
+    assert!(waited >= Duration::from_secs(2), "retried after {waited:?}");
+    // Meanwhile the app got a clear answer with a Retry-After.
+    drop(sc);
+}
+
+#[tokio::test]
+async fn a_rejected_refresh_token_falls_back_to_the_jwt() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig.sidecar().start().await;
+    wait_ready(&sc).await;
+    rig.ts.set_fault(Fault::InvalidGrant, Some(1));
+    let r = Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let grants: Vec<(String, u16)> = rig
+        .ts
+        .requests()
+        .iter()
+        .map(|r| (r.grant_type.clone(), r.status))
+        .collect();
+    assert_eq!(
+        grants,
+        vec![
+            (JWT_BEARER_GRANT.to_owned(), 200),
+            ("refresh_token".to_owned(), 400),
+            (JWT_BEARER_GRANT.to_owned(), 200),
+        ]
+    );
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_not_retried_blindly() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    std::fs::write(rig.path("secret"), "wrong-secret").unwrap();
+    let sc = rig.sidecar().start().await;
+    support::eventually(DEADLINE, "the first attempt", || async {
+        rig.ts.request_count() >= 1
+    })
+    .await;
+    let (status, body) = sc.admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("invalid_client"), "{body}");
+    let r = Client::http1().get(&sc.url("/x")).await;
+    r.assert_sidecar_error(503, "token_unavailable");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 60, "Retry-After {retry}");
+    // Fixing the secret file and asking for a refresh is enough; no restart.
+    std::fs::write(rig.path("secret"), "test-secret").unwrap();
+    assert_eq!(rig.ts.request_count(), 1, "no blind retry");
+    sc.assert_logs_free_of("wrong-secret");
+}
+
+#[tokio::test]
+async fn state_file_survives_a_restart_without_a_token_request() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let state = rig.path("state.json");
+    let mut sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
+    wait_ready(&sc).await;
+    let v1 = token_info(&sc).await["version"].as_u64().unwrap();
+    sc.sigterm();
+    assert!(sc.wait_exit(DEADLINE).await.success());
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let requests = rig.ts.request_count();
+    let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
+    wait_ready(&sc).await;
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+    assert_eq!(
+        rig.ts.request_count(),
+        requests,
+        "zero token requests after the restart"
+    );
+    assert_eq!(token_info(&sc).await["version"].as_u64().unwrap(), v1);
+    // The next refresh uses the persisted refresh token: the same session.
+    let r = Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        rig.ts.requests().last().unwrap().grant_type,
+        "refresh_token"
+    );
+    assert!(
+        token_info(&sc).await["version"].as_u64().unwrap() > v1,
+        "versions keep growing"
+    );
+    assert_eq!(rig.ts.successful_logins(), 1);
+}
+
+#[tokio::test]
+async fn a_corrupt_state_file_is_reported_and_ignored() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let state = rig.path("state.json");
+    std::fs::write(&state, "{not json").unwrap();
+    let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
+    wait_ready(&sc).await;
+    assert!(sc.logs().join("\n").contains("ignoring the state file"));
+    // Replaced by a good one.
+    support::json(&std::fs::read(&state).unwrap());
+}
+
+#[tokio::test]
+async fn refresh_subcommand_persists_and_prints_metadata_only() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let state = rig.path("state.json");
+    let run = |args: Vec<String>| async move {
+        tokio::task::spawn_blocking(move || support::sidecar::run_once(args, &[]))
+            .await
+            .unwrap()
+    };
+    let args = |rig: &Rig| {
+        vec![
+            "refresh".to_owned(),
+            "--upstream".into(),
+            rig.api.url(),
+            "--grant".into(),
+            "jwt_bearer".into(),
+            "--client-id".into(),
+            "test-client".into(),
+            "--token-url".into(),
+            rig.ts.token_url(),
+            "--client-secret-file".into(),
+            rig.path("secret").display().to_string(),
+            "--assertion-file".into(),
+            rig.path("jwt").display().to_string(),
+            "--state-file".into(),
+            state.display().to_string(),
+        ]
+    };
+    let out = run(args(&rig)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let line = support::json(out.stdout.trim().as_bytes());
+    assert_eq!(line["result"], "success");
+    assert_eq!(line["version"], 1);
+    assert!(!out.all().contains(TOKEN_PREFIX));
+    // The second run uses the persisted refresh token.
+    let out = run(args(&rig)).await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(support::json(out.stdout.trim().as_bytes())["version"], 2);
+    assert_eq!(
+        rig.ts.requests().last().unwrap().grant_type,
+        "refresh_token"
+    );
+    assert_eq!(rig.ts.successful_logins(), 1);
+    // A failure exits non-zero with the reason.
+    rig.ts.set_fault(Fault::Status(500), None);
+    let out = run(args(&rig)).await;
+    assert_eq!(out.code, Some(1));
+    assert_eq!(
+        support::json(out.stdout.trim().as_bytes())["result"],
+        "failure"
+    );
+}
+
+#[tokio::test]
+async fn manual_refresh_is_single_flight_and_loopback_only() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = rig.sidecar().start().await;
+    wait_ready(&sc).await;
+    let r = Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh?token=default"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    let v = support::json(&r.body);
+    assert_eq!(v["default"]["version"], 2);
+    assert_eq!(v["default"]["last_refresh"]["trigger"], "manual");
+    assert!(!r.text().contains(TOKEN_PREFIX));
+    let r = Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh?token=nope"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_token_refreshes_total",
+            &[
+                ("token", "default"),
+                ("trigger", "manual"),
+                ("result", "success")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test]
+async fn client_credentials_with_body_auth_and_extra_params() {
+    let rig = Rig::new(TokenServerConfig {
+        allow_client_credentials: true,
+        ..TokenServerConfig::default()
+    })
+    .await;
+    let sc = SidecarBuilder::new(&rig.api.url())
+        .args([
+            "--grant",
+            "client_credentials",
+            "--client-id",
+            "test-client",
+            "--client-auth",
+            "body",
+            "--scope",
+            "ReadAccounts",
+        ])
+        .args(["--token-param", "endpoint_id=abc"])
+        .arg("--token-url")
+        .arg(rig.ts.token_url())
+        .arg("--client-secret-file")
+        .arg(rig.path("secret"))
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    let req = &rig.ts.requests()[0];
+    assert_eq!(req.grant_type, "client_credentials");
+    assert_eq!(
+        req.client_auth,
+        token_sidecar::dev::token_server::ClientAuthKind::Body
+    );
+    assert_eq!(
+        req.params.get("scope").map(String::as_str),
+        Some("ReadAccounts")
+    );
+    assert_eq!(
+        req.params.get("endpoint_id").map(String::as_str),
+        Some("abc")
+    );
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+    assert_nothing_leaked(&sc).await;
+}
