@@ -15,6 +15,11 @@ apt_install() {
 
 need cargo || { echo "cargo is required: https://rustup.rs" >&2; exit 1; }
 
+# The Node example's test runs the RingCentral JS SDK against the sidecar.
+if ! need node || ! need npm; then apt_install nodejs npm; fi
+echo "== npm ci (examples/ringcentral-node)"
+npm ci --prefix examples/ringcentral-node --no-audit --no-fund --loglevel=error
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
