@@ -259,7 +259,8 @@ pub struct SessionEviction {
     pub at: Instant,
 }
 
-/// An exchanged refresh token presented after its grace window.
+/// An exchanged refresh token presented after its grace window (or after the pair it was
+/// exchanged for had itself been refreshed, which closes the window too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StaleRefreshUse {
     /// [`token_fingerprint`] of the refresh token.
@@ -433,6 +434,8 @@ fn secs_left(deadline: Instant, now: Instant) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 pub(crate) type HttpResponse = Response<Full<Bytes>>;
+/// An error answer carried through `Result` (boxed: a response is large).
+type Reject = Box<HttpResponse>;
 
 pub(crate) fn json_response(status: StatusCode, body: &Value) -> HttpResponse {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
@@ -690,13 +693,28 @@ fn spawn_accept_loop(
             let handler = handler.clone();
             let cancel = cancel.clone();
             tracker.spawn(async move {
-                let service = hyper::service::service_fn(move |req| handler(req));
+                // A handler's `DropConnection` closes the whole connection: HTTP/1 does so by
+                // itself, HTTP/2 would only reset the stream.
+                let kill = CancellationToken::new();
+                let killer = kill.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    let answer = handler(req);
+                    let killer = killer.clone();
+                    async move {
+                        let answer = answer.await;
+                        if answer.is_err() {
+                            killer.cancel();
+                        }
+                        answer
+                    }
+                });
                 let mut builder = auto::Builder::new(TokioExecutor::new());
                 builder.http1().timer(TokioTimer::new());
                 builder.http2().timer(TokioTimer::new());
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 tokio::select! {
                     _ = conn => {}
+                    _ = kill.cancelled() => {}
                     // Abrupt on purpose: a stopped double is a dead server.
                     _ = cancel.cancelled() => {}
                 }
@@ -799,8 +817,8 @@ impl TokenServer {
         self.listener.resume().await
     }
 
-    /// Injects `fault` into the next `times` token requests (`None`: until cleared). Replaces
-    /// any fault already set.
+    /// Injects `fault` into the next `times` token requests (`None`: until cleared;
+    /// `Some(0)`: clears). Replaces any fault already set.
     pub fn set_fault(&self, fault: Fault, times: Option<u32>) {
         let mut inner = self.shared.lock();
         inner.fault = match times {
@@ -830,8 +848,8 @@ impl TokenServer {
         self.shared.arrivals.subscribe()
     }
 
-    /// A watch of the number of token requests answered (what [`request_count`]
-    /// (Self::request_count) returns).
+    /// A watch of the number of token requests answered (what
+    /// [`request_count`](Self::request_count) returns).
     pub fn answered(&self) -> watch::Receiver<usize> {
         self.shared.answered.subscribe()
     }
@@ -1103,7 +1121,7 @@ impl Inner {
         limit: &RateLimit,
         client_id: &str,
         now: Instant,
-    ) -> Result<RateHeaders, HttpResponse> {
+    ) -> Result<RateHeaders, Reject> {
         let state = self.rate.entry(client_id.to_owned()).or_default();
         let window = limit.window.as_secs();
         let refuse = |state: &mut RateState| {
@@ -1120,7 +1138,7 @@ impl Inner {
         if let Some(until) = state.penalty_until {
             if now < until {
                 // Every request during the penalty restarts it.
-                return Err(refuse(state));
+                return Err(Box::new(refuse(state)));
             }
             // The penalty is over: a fresh window.
             state.penalty_until = None;
@@ -1135,7 +1153,7 @@ impl Inner {
         }
         state.count += 1;
         if state.count > limit.max {
-            return Err(refuse(state));
+            return Err(Box::new(refuse(state)));
         }
         Ok(RateHeaders {
             limit: limit.max,
@@ -1281,9 +1299,9 @@ impl Inner {
         now: Instant,
         ttls: Ttls,
         token: &str,
-    ) -> Result<Value, HttpResponse> {
+    ) -> Result<Value, Reject> {
         let Some(entry) = self.refresh.get(token) else {
-            return Err(token_not_found());
+            return Err(Box::new(token_not_found()));
         };
         let session_id = entry.session;
         let expires_at = entry.expires_at;
@@ -1304,25 +1322,32 @@ impl Inner {
                     .sessions
                     .get(&session_id)
                     .is_some_and(|s| s.current_refresh.as_deref() == Some(&ex.new_refresh));
-            if now < deadline && successor_current && ended.is_none() {
+            let in_window = now < deadline && successor_current;
+            if in_window && ended.is_none() {
                 self.grace_replays += 1;
                 return Ok(self.success_body(cfg, session_id, now));
             }
-            self.stale.push(StaleRefreshUse {
-                token_fingerprint: token_fingerprint(token),
-                session_id,
-                at: now,
-                exchanged_ago: now - ex.at,
-            });
-            return Err(token_not_found());
+            if !in_window {
+                self.stale.push(StaleRefreshUse {
+                    token_fingerprint: token_fingerprint(token),
+                    session_id,
+                    at: now,
+                    exchanged_ago: now - ex.at,
+                });
+            }
+            return Err(Box::new(if ended.is_some() {
+                token_revoked()
+            } else {
+                token_not_found()
+            }));
         }
         if ended.is_some() {
-            return Err(token_revoked());
+            return Err(Box::new(token_revoked()));
         }
         if now >= expires_at {
             // RingCentral's code for an expired refresh token is unconfirmed; an expired token
             // is as good as gone.
-            return Err(token_not_found());
+            return Err(Box::new(token_not_found()));
         }
         // Rotate.
         let access = new_token();
@@ -1374,7 +1399,7 @@ struct Ttls {
     refresh: Duration,
 }
 
-fn parse_ttls(cfg: &TokenServerConfig, form: &Form) -> Result<Ttls, HttpResponse> {
+fn parse_ttls(cfg: &TokenServerConfig, form: &Form) -> Result<Ttls, Reject> {
     let mut ttls = Ttls {
         access: cfg.access_ttl,
         refresh: cfg.refresh_ttl,
@@ -1382,14 +1407,14 @@ fn parse_ttls(cfg: &TokenServerConfig, form: &Form) -> Result<Ttls, HttpResponse
     if !cfg.honor_ttl_param {
         return Ok(ttls);
     }
-    let parse = |name: &str| -> Result<Option<u64>, HttpResponse> {
+    let parse = |name: &str| -> Result<Option<u64>, Reject> {
         match form.get(name) {
             None => Ok(None),
             Some(v) => match v.trim().parse::<u64>() {
                 Ok(n) if n > 0 => Ok(Some(n)),
-                _ => Err(invalid_request(&format!(
+                _ => Err(Box::new(invalid_request(&format!(
                     "Parameter [{name}] value is invalid"
-                ))),
+                )))),
             },
         }
     };
@@ -1588,7 +1613,7 @@ fn token_endpoint(
     let rate = match &cfg.rate_limit {
         Some(limit) => match inner.rate_check(limit, presented.client_id(), now) {
             Ok(h) => Some(h),
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         },
         None => None,
     };
@@ -1622,7 +1647,7 @@ fn grant(
     };
     let ttls = match parse_ttls(cfg, form) {
         Ok(t) => t,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let endpoint_id = form.get("endpoint_id");
     let body = match grant_type {
@@ -1684,7 +1709,7 @@ fn grant(
             };
             match inner.refresh_grant(cfg, now, ttls, rt) {
                 Ok(body) => body,
-                Err(resp) => return resp,
+                Err(resp) => return *resp,
             }
         }
         // RingCentral knows this grant; the double has no authorization server to issue codes.
@@ -1719,7 +1744,7 @@ async fn handle_revoke(shared: &Shared, req: Request<Incoming>) -> HttpResponse 
     let rate = match &cfg.rate_limit {
         Some(limit) => match inner.rate_check(limit, presented.client_id(), now) {
             Ok(h) => Some(h),
-            Err(resp) => return resp,
+            Err(resp) => return *resp,
         },
         None => None,
     };
