@@ -132,13 +132,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 Source::File(path.clone())
             }
             _ => {
-                let refresher =
-                    Arc::new(Refresher::new(tc, store.clone(), metrics.clone()).map_err(
-                        |message| StartError::Token {
+                let refresher = Arc::new(
+                    Refresher::new(tc, store.clone(), metrics.clone(), config.shared.as_ref())
+                        .map_err(|message| StartError::Token {
                             token: name.clone(),
                             message,
-                        },
-                    )?);
+                        })?,
+                );
                 tracker.spawn(refresher.clone().run(shutdown.clone()));
                 Source::OAuth(refresher)
             }

@@ -160,7 +160,7 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
                 tracing::warn!(token = %tc.name, "no state file or shared store: the new token is not kept anywhere");
             }
             let store = std::sync::Arc::new(crate::token::TokenStore::new(tc.name.as_str(), vec![]));
-            let refresher = match crate::token::refresher::Refresher::new(&tc, store.clone(), metrics.clone()) {
+            let refresher = match crate::token::refresher::Refresher::new(&tc, store.clone(), metrics.clone(), cfg.shared.as_ref()) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("token-sidecar: token {}: {e}", tc.name);

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `token_sidecar_open_connections{listener}`.
     pub open_connections: IntGaugeVec,
+    /// `token_sidecar_shared_store_operations_total{token,op,result}`.
+    pub shared_ops: IntCounterVec,
+    /// `token_sidecar_shared_lock_acquisitions_total{token}`.
+    pub shared_lock_acquisitions: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -134,7 +138,21 @@ impl Metrics {
             "Connections currently open from apps, by listener.",
             &["listener"],
         );
+        let shared_ops = counter(
+            &registry,
+            "token_sidecar_shared_store_operations_total",
+            "Operations on the shared store (Redis) by op and result.",
+            &["token", "op", "result"],
+        );
+        let shared_lock_acquisitions = counter(
+            &registry,
+            "token_sidecar_shared_lock_acquisitions_total",
+            "Times this replica took the shared refresh lock.",
+            &["token"],
+        );
         Metrics {
+            shared_ops,
+            shared_lock_acquisitions,
             registry,
             requests,
             request_duration,

@@ -10,6 +10,7 @@ pub mod file;
 pub mod oauth;
 pub mod refresher;
 pub mod schedule;
+pub mod shared;
 pub mod state;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -494,11 +495,23 @@ impl Profile {
             Source::Static => None,
             Source::OAuth(r) => {
                 let (has_rt, rt_exp) = r.refresh_token_info();
-                Some(serde_json::json!({
+                let mut v = serde_json::json!({
                     "has_refresh_token": has_rt,
                     "refresh_token_expires_at": rt_exp,
                     "next_refresh_at": r.next_attempt_unix(),
-                }))
+                });
+                if let (Some((replica, refreshed_by)), Some(obj)) =
+                    (r.shared_info(), v.as_object_mut())
+                {
+                    obj.insert(
+                        "shared".into(),
+                        serde_json::json!({
+                            "replica": replica,
+                            "refreshed_by": refreshed_by,
+                        }),
+                    );
+                }
+                Some(v)
             }
         }
     }

@@ -13,11 +13,12 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Grant, TokenConfig};
+use crate::config::{Grant, SharedConfig, TokenConfig};
 use crate::metrics::Metrics;
 use crate::secret::Secret;
 use crate::token::oauth::{FailureClass, GrantRequest, OAuthClient, OAuthError, TokenSet};
 use crate::token::schedule::{backoff, refresh_delay};
+use crate::token::shared::{SharedError, SharedSet, SharedStore};
 use crate::token::state::{self, State};
 use crate::token::{unix_seconds, NewToken, TokenStore, Trigger};
 
@@ -44,6 +45,12 @@ pub enum RefreshFailure {
     /// A 401-triggered refresh came sooner than `min_refresh_interval` after the last one.
     #[error("a refresh after a 401 happened less than min_refresh_interval ago")]
     TooSoon,
+    /// Another replica holds the shared refresh lock and published nothing newer in time.
+    #[error("another replica is refreshing (shared lock busy)")]
+    LockBusy,
+    /// The shared store is unreachable: no refresh without it (see the README).
+    #[error(transparent)]
+    Shared(#[from] SharedError),
 }
 
 struct Inner {
@@ -59,6 +66,8 @@ struct Inner {
     /// Versions continue from the state file's across restarts.
     version_floor: u64,
     last_unauthorized: Option<Instant>,
+    /// A token set obtained while the shared store was unreachable, still to be written.
+    pending_write: Option<State>,
 }
 
 /// The refresher of one OAuth2 token profile.
@@ -75,6 +84,9 @@ pub struct Refresher {
     next_attempt_unix: std::sync::atomic::AtomicU64,
     /// Whether a refresh token is held and its expiry, readable without waiting for a refresh.
     rt_snapshot: std::sync::Mutex<(bool, Option<u64>)>,
+    shared: Option<SharedStore>,
+    /// The replica that obtained the current token (shared mode).
+    refreshed_by: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -90,11 +102,13 @@ fn jitter() -> f64 {
 }
 
 impl Refresher {
-    /// A refresher for `cfg`, publishing into `store`.
+    /// A refresher for `cfg`, publishing into `store`; with `shared`, replicas share the token
+    /// set through Redis.
     pub fn new(
         cfg: &TokenConfig,
         store: Arc<TokenStore>,
         metrics: Metrics,
+        shared: Option<&SharedConfig>,
     ) -> Result<Self, String> {
         let client = OAuthClient::new(cfg)?;
         let profile_key = format!(
@@ -103,6 +117,13 @@ impl Refresher {
             cfg.client_id.as_deref().unwrap_or_default(),
             cfg.grant.kind()
         );
+        // A dead holder blocks the others for at most this long; a live one needs at most two
+        // token requests (a refresh, then the primary grant) plus the Redis writes.
+        let lock_ttl = cfg.request_timeout * 2 + Duration::from_secs(5);
+        let shared = shared
+            .map(|sc| SharedStore::new(sc, &cfg.name, lock_ttl, metrics.clone()))
+            .transpose()
+            .map_err(|e| e.to_string())?;
         Ok(Refresher {
             name: cfg.name.clone(),
             store,
@@ -118,17 +139,33 @@ impl Refresher {
                 next_attempt: Instant::now(),
                 version_floor: 0,
                 last_unauthorized: None,
+                pending_write: None,
             }),
             reschedule: Notify::new(),
             profile_key,
             next_attempt_unix: std::sync::atomic::AtomicU64::new(0),
             rt_snapshot: std::sync::Mutex::new((false, None)),
+            shared,
+            refreshed_by: std::sync::Mutex::new(None),
         })
     }
 
     /// The profile's store.
     pub fn store(&self) -> &Arc<TokenStore> {
         &self.store
+    }
+
+    /// This replica's name and the replica that obtained the current token (shared mode).
+    pub fn shared_info(&self) -> Option<(String, Option<String>)> {
+        self.shared.as_ref().map(|s| {
+            (
+                s.replica().to_owned(),
+                self.refreshed_by
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone(),
+            )
+        })
     }
 
     /// Loads a still-usable token set from the state file, if configured. Returns whether a
@@ -149,16 +186,32 @@ impl Refresher {
             tracing::warn!(token = %self.name, path = %path.display(), "the state file belongs to another token endpoint, client or grant; ignoring it");
             return false;
         }
+        let mut inner = self.inner.lock().await;
+        let published = self.adopt(&mut inner, &st, None);
+        if published {
+            self.store.record_attempt(Trigger::Startup.as_str(), Ok(()));
+            tracing::info!(token = %self.name, version = st.version, expires_at = st.expires_at, "reusing the token from the state file");
+        } else {
+            tracing::info!(token = %self.name, has_refresh_token = inner.refresh_token.is_some(), "the state file holds no usable access token");
+        }
+        published
+    }
+
+    /// Takes over a token set obtained elsewhere (state file, shared store): its refresh token,
+    /// and its access token when newer and unexpired. Returns whether it was published.
+    fn adopt(&self, inner: &mut Inner, st: &State, refreshed_by: Option<&str>) -> bool {
         let set = st.token_set();
         let now = SystemTime::now();
-        let mut inner = self.inner.lock().await;
         inner.version_floor = inner.version_floor.max(st.version);
+        if st.version < self.store.version() {
+            return false;
+        }
         if set.refresh_expires_at.is_none_or(|e| e > now) {
             inner.refresh_token = set.refresh_token.clone();
             inner.refresh_expires_at = set.refresh_expires_at;
         }
-        if set.expires_at <= now + Duration::from_secs(1) {
-            tracing::info!(token = %self.name, has_refresh_token = inner.refresh_token.is_some(), "the state file's access token has expired");
+        if set.expires_at <= now + Duration::from_secs(1) || st.version == self.store.version() {
+            self.set_next_attempt(inner, inner.next_attempt);
             return false;
         }
         match self.store.publish_versioned(
@@ -169,20 +222,43 @@ impl Refresher {
             },
             st.version,
         ) {
-            Ok(_) => {
+            Ok(Some(_)) => {
                 let delay = refresh_delay(set.lifetime(), self.cfg.refresh_margin, jitter());
-                let due = set.obtained_at + delay;
-                let wait = due.duration_since(now).unwrap_or(Duration::ZERO);
-                self.set_next_attempt(&mut inner, Instant::now() + wait);
-                self.store.record_attempt(Trigger::Startup.as_str(), Ok(()));
-                tracing::info!(token = %self.name, version = st.version, expires_at = unix_seconds(set.expires_at), "reusing the token from the state file");
+                let wait = (set.obtained_at + delay)
+                    .duration_since(now)
+                    .unwrap_or(Duration::ZERO);
+                inner.failures = 0;
+                inner.not_before = None;
+                self.set_next_attempt(inner, Instant::now() + wait);
+                self.store.set_retry_after(1);
+                if let Some(by) = refreshed_by {
+                    *self.refreshed_by.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(by.to_owned());
+                }
                 true
             }
+            Ok(None) => false,
             Err(e) => {
-                tracing::warn!(token = %self.name, error = %e, "the state file's token is unusable; ignoring it");
+                tracing::warn!(token = %self.name, error = %e, "an adopted token is unusable");
                 false
             }
         }
+    }
+
+    /// Adopts a set read from the shared store, counting it as a `shared` refresh.
+    fn adopt_shared(&self, inner: &mut Inner, remote: &SharedSet) -> bool {
+        let published = self.adopt(inner, &remote.state, Some(&remote.refreshed_by));
+        if published {
+            self.metrics
+                .token_refreshes
+                .with_label_values(&[self.name.as_str(), Trigger::Shared.as_str(), "success"])
+                .inc();
+            self.store.record_attempt(Trigger::Shared.as_str(), Ok(()));
+            self.persist(inner, &remote.state.token_set(), remote.state.version);
+            self.reschedule.notify_one();
+            tracing::debug!(token = %self.name, version = remote.state.version, refreshed_by = %remote.refreshed_by, "adopted the shared token");
+        }
+        published
     }
 
     fn set_next_attempt(&self, inner: &mut Inner, at: Instant) {
@@ -241,65 +317,12 @@ impl Refresher {
         if trigger == Trigger::Unauthorized {
             inner.last_unauthorized = Some(now);
         }
-        let result = self.obtain(inner).await;
-        let label_result = if result.is_ok() { "success" } else { "failure" };
-        self.metrics
-            .token_refreshes
-            .with_label_values(&[self.name.as_str(), trigger.as_str(), label_result])
-            .inc();
-        match result {
-            Ok(set) => {
-                if set.refresh_token.is_some() {
-                    inner.refresh_token = set.refresh_token.clone();
-                    inner.refresh_expires_at = set.refresh_expires_at;
-                }
-                let version = self.store.version().max(inner.version_floor) + 1;
-                inner.version_floor = version;
-                // Persist first: the rotated refresh token must survive a crash right after.
-                if let Some(path) = &self.cfg.state_file {
-                    let mut persisted = set.clone();
-                    persisted.refresh_token = inner.refresh_token.clone();
-                    persisted.refresh_expires_at = inner.refresh_expires_at;
-                    if let Err(e) =
-                        state::save(path, &State::new(&self.profile_key, version, &persisted))
-                    {
-                        tracing::error!(token = %self.name, error = %e, "cannot write the state file");
-                    }
-                }
-                let published = self.store.publish_versioned(
-                    NewToken {
-                        access_token: set.access_token.clone(),
-                        expires_at: Some(set.expires_at),
-                        obtained_at: set.obtained_at,
-                    },
-                    version,
-                );
-                if let Err(e) = published {
-                    // parse_success already checked the token; this is defensive.
-                    let e = OAuthError::Malformed(e.to_string());
-                    self.fail(inner, trigger, &e);
-                    return Err(e.into());
-                }
-                inner.failures = 0;
-                inner.not_before = None;
-                let delay = refresh_delay(set.lifetime(), self.cfg.refresh_margin, jitter());
-                self.set_next_attempt(inner, Instant::now() + delay);
-                self.store.set_retry_after(1);
-                self.store.record_attempt(trigger.as_str(), Ok(()));
-                tracing::debug!(
-                    token = %self.name,
-                    trigger = trigger.as_str(),
-                    version,
-                    lifetime_s = set.lifetime().as_secs(),
-                    next_refresh_in_s = delay.as_secs(),
-                    rotated_refresh_token = set.refresh_token.is_some(),
-                    "token refreshed"
-                );
-                if trigger != Trigger::Timer {
-                    self.reschedule.notify_one();
-                }
-                Ok(version)
-            }
+        if self.shared.is_some() {
+            return self.refresh_shared(inner, trigger, seen_version).await;
+        }
+        let version = self.store.version().max(inner.version_floor) + 1;
+        match self.obtain(inner).await {
+            Ok(set) => Ok(self.commit(inner, trigger, set, version)),
             Err(e) => {
                 self.fail(inner, trigger, &e);
                 Err(e.into())
@@ -307,7 +330,247 @@ impl Refresher {
         }
     }
 
+    /// Whether a token obtained at `obtained` with `lifetime` is due for its refresh (at the
+    /// earliest jittered point).
+    fn is_due(&self, st: &State) -> bool {
+        let set = st.token_set();
+        let earliest = refresh_delay(set.lifetime(), self.cfg.refresh_margin, 1.0);
+        SystemTime::now() >= set.obtained_at + earliest
+    }
+
+    /// The shared-store refresh: adopt a newer set when there is one; otherwise take the lock,
+    /// refresh with the newest refresh token, write it fenced by version, then use it.
+    async fn refresh_shared(
+        &self,
+        inner: &mut Inner,
+        trigger: Trigger,
+        seen_version: Option<u64>,
+    ) -> Result<u64, RefreshFailure> {
+        let Some(shared) = self.shared.as_ref() else {
+            return Err(RefreshFailure::LockBusy);
+        };
+        let force = trigger == Trigger::Manual;
+        let satisfied = |store_version: u64, remote: &SharedSet| {
+            seen_version.is_some_and(|v| store_version > v)
+                || (!force && !self.is_due(&remote.state))
+        };
+        let remote = match shared.read().await {
+            Ok(r) => r,
+            Err(e) => return self.shared_unavailable(inner, trigger, e).await,
+        };
+        if let Some(r) = &remote {
+            self.adopt_shared(inner, r);
+            if satisfied(self.store.version(), r)
+                && r.state.expires_at > unix_seconds(SystemTime::now())
+            {
+                return Ok(self.store.version());
+            }
+        }
+        match shared.try_lock().await {
+            Ok(true) => {}
+            Ok(false) => {
+                return self
+                    .wait_for_holder(inner, shared, remote.map_or(0, |r| r.state.version))
+                    .await
+            }
+            Err(e) => return self.shared_unavailable(inner, trigger, e).await,
+        }
+        let result = self
+            .refresh_under_lock(inner, shared, trigger, force, seen_version)
+            .await;
+        if let Err(e) = shared.unlock().await {
+            tracing::debug!(token = %self.name, error = %e, "releasing the shared lock failed; it expires by itself");
+        }
+        result
+    }
+
+    async fn refresh_under_lock(
+        &self,
+        inner: &mut Inner,
+        shared: &SharedStore,
+        trigger: Trigger,
+        force: bool,
+        seen_version: Option<u64>,
+    ) -> Result<u64, RefreshFailure> {
+        // Someone may have written between our read and the lock.
+        let remote = match shared.read().await {
+            Ok(r) => r,
+            Err(e) => return self.shared_unavailable(inner, trigger, e).await,
+        };
+        let remote_version = remote.as_ref().map_or(0, |r| r.state.version);
+        if let Some(r) = &remote {
+            self.adopt_shared(inner, r);
+            let fresh =
+                r.state.expires_at > unix_seconds(SystemTime::now()) && !self.is_due(&r.state);
+            if seen_version.is_some_and(|v| self.store.version() > v) || (!force && fresh) {
+                return Ok(self.store.version());
+            }
+        }
+        let version = remote_version
+            .max(self.store.version())
+            .max(inner.version_floor)
+            + 1;
+        let set = match self.obtain(inner).await {
+            Ok(set) => set,
+            Err(e) => {
+                self.fail(inner, trigger, &e);
+                return Err(e.into());
+            }
+        };
+        let mut to_store = set.clone();
+        if to_store.refresh_token.is_none() {
+            to_store.refresh_token = inner.refresh_token.clone();
+            to_store.refresh_expires_at = inner.refresh_expires_at;
+        }
+        let state = State::new(&self.profile_key, version, &to_store);
+        let _ = shared.extend().await;
+        // The new refresh token reaches Redis before the new access token is used anywhere.
+        match shared.write(state).await {
+            Ok(true) => {
+                *self.refreshed_by.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(shared.replica().to_owned());
+                Ok(self.commit(inner, trigger, set, version))
+            }
+            Ok(false) => {
+                tracing::warn!(token = %self.name, version, "a newer token was written by another replica meanwhile; using it instead");
+                match shared.read().await {
+                    Ok(Some(r)) => {
+                        self.adopt_shared(inner, &r);
+                        Ok(self.store.version())
+                    }
+                    _ => Err(RefreshFailure::LockBusy),
+                }
+            }
+            Err(e) => {
+                tracing::error!(token = %self.name, error = %e, "the new token could not be written to the shared store; using it here and retrying the write");
+                inner.pending_write = Some(State::new(&self.profile_key, version, &to_store));
+                Ok(self.commit(inner, trigger, set, version))
+            }
+        }
+    }
+
+    /// Another replica holds the lock: wait (bounded by the lock's TTL) for the set it writes.
+    async fn wait_for_holder(
+        &self,
+        inner: &mut Inner,
+        shared: &SharedStore,
+        seen_remote: u64,
+    ) -> Result<u64, RefreshFailure> {
+        let deadline = Instant::now() + shared.lock_ttl();
+        while Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(r)) = shared.read().await {
+                if r.state.version > seen_remote {
+                    self.adopt_shared(inner, &r);
+                    return Ok(self.store.version());
+                }
+            }
+        }
+        // The holder died or is stuck; its lock expires and the next attempt may take it.
+        self.set_next_attempt(inner, Instant::now() + BACKOFF_FLOOR);
+        Err(RefreshFailure::LockBusy)
+    }
+
+    /// Redis is unreachable. Grants that issue no refresh token cannot race on rotation, so
+    /// they refresh alone; the others wait for Redis rather than rotate a refresh token that
+    /// other replicas hold (or each log in, opening a session per replica).
+    async fn shared_unavailable(
+        &self,
+        inner: &mut Inner,
+        trigger: Trigger,
+        e: SharedError,
+    ) -> Result<u64, RefreshFailure> {
+        if matches!(self.cfg.grant, Grant::ClientCredentials) && inner.refresh_token.is_none() {
+            tracing::warn!(token = %self.name, error = %e, "shared store unreachable; client_credentials issues no refresh token, refreshing alone");
+            let version = self.store.version().max(inner.version_floor) + 1;
+            return match self.obtain(inner).await {
+                Ok(set) => Ok(self.commit(inner, trigger, set, version)),
+                Err(e) => {
+                    self.fail(inner, trigger, &e);
+                    Err(e.into())
+                }
+            };
+        }
+        inner.failures = inner.failures.saturating_add(1);
+        let delay = backoff(
+            inner.failures - 1,
+            BACKOFF_BASE,
+            Duration::from_secs(30),
+            BACKOFF_FLOOR,
+            jitter(),
+        );
+        self.set_next_attempt(inner, Instant::now() + delay);
+        self.store.set_retry_after(delay.as_secs().max(1));
+        self.store
+            .record_attempt(trigger.as_str(), Err(e.to_string()));
+        tracing::warn!(token = %self.name, error = %e, retry_in_ms = delay.as_millis() as u64, "shared store unreachable; not refreshing without it (the current token is kept while valid)");
+        Err(e.into())
+    }
+
+    /// Persists a token set to the state file, if one is configured.
+    fn persist(&self, inner: &Inner, set: &TokenSet, version: u64) {
+        if let Some(path) = &self.cfg.state_file {
+            let mut persisted = set.clone();
+            persisted.refresh_token = inner.refresh_token.clone();
+            persisted.refresh_expires_at = inner.refresh_expires_at;
+            if let Err(e) = state::save(path, &State::new(&self.profile_key, version, &persisted)) {
+                tracing::error!(token = %self.name, error = %e, "cannot write the state file");
+            }
+        }
+    }
+
+    /// Records a successful token request: refresh token kept, state persisted, token
+    /// published, next refresh scheduled.
+    fn commit(&self, inner: &mut Inner, trigger: Trigger, set: TokenSet, version: u64) -> u64 {
+        self.metrics
+            .token_refreshes
+            .with_label_values(&[self.name.as_str(), trigger.as_str(), "success"])
+            .inc();
+        if set.refresh_token.is_some() {
+            inner.refresh_token = set.refresh_token.clone();
+            inner.refresh_expires_at = set.refresh_expires_at;
+        }
+        inner.version_floor = inner.version_floor.max(version);
+        // Persist first: the rotated refresh token must survive a crash right after.
+        self.persist(inner, &set, version);
+        let published = self.store.publish_versioned(
+            NewToken {
+                access_token: set.access_token.clone(),
+                expires_at: Some(set.expires_at),
+                obtained_at: set.obtained_at,
+            },
+            version,
+        );
+        if let Err(e) = published {
+            // parse_success already checked the token; this is defensive.
+            tracing::error!(token = %self.name, error = %e, "the new token could not be published");
+        }
+        inner.failures = 0;
+        inner.not_before = None;
+        let delay = refresh_delay(set.lifetime(), self.cfg.refresh_margin, jitter());
+        self.set_next_attempt(inner, Instant::now() + delay);
+        self.store.set_retry_after(1);
+        self.store.record_attempt(trigger.as_str(), Ok(()));
+        tracing::debug!(
+            token = %self.name,
+            trigger = trigger.as_str(),
+            version,
+            lifetime_s = set.lifetime().as_secs(),
+            next_refresh_in_s = delay.as_secs(),
+            rotated_refresh_token = set.refresh_token.is_some(),
+            "token refreshed"
+        );
+        if trigger != Trigger::Timer {
+            self.reschedule.notify_one();
+        }
+        version
+    }
+
     fn fail(&self, inner: &mut Inner, trigger: Trigger, e: &OAuthError) {
+        self.metrics
+            .token_refreshes
+            .with_label_values(&[self.name.as_str(), trigger.as_str(), "failure"])
+            .inc();
         inner.failures = inner.failures.saturating_add(1);
         let transient = backoff(
             inner.failures - 1,
@@ -408,8 +671,11 @@ impl Refresher {
     }
 
     /// The timed refresh loop, until `cancel` fires. Obtains the first token unless the state
-    /// file provided one.
+    /// file provided one. In shared mode a second loop follows the shared store.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+        if self.shared.is_some() {
+            tokio::spawn(self.clone().follow_shared(cancel.clone()));
+        }
         if !self.load_state().await {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -429,6 +695,89 @@ impl Refresher {
                 Trigger::Startup
             };
             let _ = self.refresh(trigger, None).await;
+        }
+    }
+
+    /// Shared mode: adopts sets other replicas write, on notification and every second as a
+    /// fallback, and retries writes that failed while Redis was away.
+    async fn follow_shared(self: Arc<Self>, cancel: CancellationToken) {
+        let Some(shared) = self.shared.as_ref() else {
+            return;
+        };
+        let mut subscription: Option<redis::aio::PubSub> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let notified = async {
+                match subscription.as_mut() {
+                    Some(ps) => {
+                        use futures_util::StreamExt;
+                        ps.on_message().next().await.is_some()
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                alive = notified => {
+                    if !alive {
+                        tracing::debug!(token = %self.name, "shared store subscription closed");
+                        subscription = None;
+                    }
+                }
+                _ = tick.tick() => {
+                    if subscription.is_none() {
+                        subscription = shared.subscribe().await.ok();
+                    }
+                }
+            }
+            self.sync_from_shared(shared).await;
+        }
+    }
+
+    /// One read of the shared store: adopt a newer set; write a pending one.
+    async fn sync_from_shared(&self, shared: &SharedStore) {
+        // A refresh in progress reads the store itself.
+        let Ok(mut inner) = self.inner.try_lock() else {
+            return;
+        };
+        let remote = match shared.read().await {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if let Some(pending) = inner.pending_write.take() {
+            if remote
+                .as_ref()
+                .is_none_or(|r| r.state.version < pending.version)
+            {
+                match shared.write(pending).await {
+                    Ok(_) => {
+                        tracing::info!(token = %self.name, "wrote the pending token set to the shared store")
+                    }
+                    Err(e) => {
+                        tracing::debug!(token = %self.name, error = %e, "pending write failed again");
+                        let version = self.store.version();
+                        if let Some(t) = self.store.current() {
+                            let set = TokenSet {
+                                access_token: t.access_token().clone(),
+                                expires_at: t.expires_at().unwrap_or_else(SystemTime::now),
+                                refresh_token: inner.refresh_token.clone(),
+                                refresh_expires_at: inner.refresh_expires_at,
+                                scope: None,
+                                obtained_at: t.obtained_at(),
+                            };
+                            inner.pending_write =
+                                Some(State::new(&self.profile_key, version, &set));
+                        }
+                    }
+                }
+                return;
+            }
+        }
+        if let Some(r) = remote {
+            if r.state.version > self.store.version() {
+                self.adopt_shared(&mut inner, &r);
+            }
         }
     }
 }
