@@ -660,6 +660,24 @@ impl Refresher {
         if current > failed_version {
             return Ok(current);
         }
+        // Another replica may have refreshed already (its refresh revoked our token), or be
+        // refreshing right now: its token is about to be written.
+        if let Some(shared) = &self.shared {
+            let mut remote_version = 0;
+            if let Ok(Some(remote)) = shared.read().await {
+                remote_version = remote.state.version;
+                self.adopt_shared(&mut inner, &remote);
+                let current = self.store.version();
+                if current > failed_version {
+                    return Ok(current);
+                }
+            }
+            if shared.lock_held().await.unwrap_or(false) {
+                return self
+                    .wait_for_holder(&mut inner, shared, remote_version)
+                    .await;
+            }
+        }
         if inner
             .last_unauthorized
             .is_some_and(|t| t.elapsed() < self.cfg.min_refresh_interval)

@@ -258,6 +258,17 @@ impl SharedStore {
         Ok(acquired)
     }
 
+    /// Whether any replica holds the refresh lock now.
+    pub async fn lock_held(&self) -> Result<bool, SharedError> {
+        let key = self.lock_key.clone();
+        let n: i64 = self
+            .op("lock_check", |mut c| async move {
+                redis::cmd("EXISTS").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
     /// Extends the lock if this replica still holds it.
     pub async fn extend(&self) -> Result<bool, SharedError> {
         let (script, key, owner, ttl) = (

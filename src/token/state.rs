@@ -31,6 +31,12 @@ pub struct State {
     pub refresh_token_expires_at: Option<u64>,
     /// Granted scopes.
     pub scope: Option<String>,
+    /// `obtained_at` in milliseconds, for schedules of short-lived tokens.
+    #[serde(default)]
+    pub obtained_at_ms: Option<u64>,
+    /// `expires_at` in milliseconds.
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
 }
 
 impl std::fmt::Debug for State {
@@ -51,6 +57,15 @@ fn time(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(s)
 }
 
+fn millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn time_ms(secs: u64, ms: Option<u64>) -> SystemTime {
+    ms.map_or_else(|| time(secs), |ms| UNIX_EPOCH + Duration::from_millis(ms))
+}
+
 impl State {
     /// The state for a token set.
     pub fn new(profile: &str, version: u64, set: &TokenSet) -> Self {
@@ -64,6 +79,8 @@ impl State {
             refresh_token: set.refresh_token.as_ref().map(|s| s.expose().to_owned()),
             refresh_token_expires_at: set.refresh_expires_at.map(secs),
             scope: set.scope.clone(),
+            obtained_at_ms: Some(millis(set.obtained_at)),
+            expires_at_ms: Some(millis(set.expires_at)),
         }
     }
 
@@ -71,11 +88,11 @@ impl State {
     pub fn token_set(&self) -> TokenSet {
         TokenSet {
             access_token: Secret::new(self.access_token.clone()),
-            expires_at: time(self.expires_at),
+            expires_at: time_ms(self.expires_at, self.expires_at_ms),
             refresh_token: self.refresh_token.clone().map(Secret::new),
             refresh_expires_at: self.refresh_token_expires_at.map(time),
             scope: self.scope.clone(),
-            obtained_at: time(self.obtained_at),
+            obtained_at: time_ms(self.obtained_at, self.obtained_at_ms),
         }
     }
 }

@@ -1,0 +1,331 @@
+//! Replicas sharing one token set through a real Redis, against the RingCentral double with its
+//! session cap and auth rate limit on: one session, one token request per refresh cycle, no
+//! lost request when a replica or Redis goes away, and version fencing.
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::redis::Redis;
+use support::{Client, Sidecar, SidecarBuilder, DEADLINE};
+use token_sidecar::dev::api::ApiServer;
+use token_sidecar::dev::token_server::{
+    Fault, RateLimit, TokenServer, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX,
+};
+
+struct Rig {
+    ts: TokenServer,
+    api: ApiServer,
+    redis: Redis,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    /// RingCentral's limits: 5 sessions, and `max_auth_calls` auth calls a minute.
+    async fn new(max_auth_calls: u32) -> Rig {
+        let ts = TokenServer::start(TokenServerConfig {
+            rate_limit: Some(RateLimit {
+                max: max_auth_calls,
+                window: Duration::from_secs(60),
+                penalty: Duration::from_secs(60),
+            }),
+            session_cap: Some(5),
+            ..TokenServerConfig::default()
+        })
+        .await
+        .unwrap();
+        let api = ApiServer::start(&ts).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("secret"), "test-secret").unwrap();
+        std::fs::write(dir.path().join("jwt"), DEV_ASSERTION).unwrap();
+        Rig {
+            ts,
+            api,
+            redis: Redis::start(),
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn replica(&self, n: usize, ttl_secs: u64, extra: &[&str]) -> SidecarBuilder {
+        SidecarBuilder::new(&self.api.url())
+            .args(["--grant", "jwt_bearer", "--client-id", "test-client"])
+            .arg("--token-url")
+            .arg(self.ts.token_url())
+            .arg("--client-secret-file")
+            .arg(self.path("secret"))
+            .arg("--assertion-file")
+            .arg(self.path("jwt"))
+            .args(["--redis-url", &self.redis.url()])
+            .args(["--token-param", &format!("access_token_ttl={ttl_secs}")])
+            .args(extra)
+            .env("TOKEN_SIDECAR_REPLICA", &format!("r{n}"))
+    }
+
+    async fn replicas(&self, n: usize, ttl_secs: u64, extra: &[&str]) -> Vec<Sidecar> {
+        let mut out = Vec::new();
+        for i in 0..n {
+            out.push(self.replica(i, ttl_secs, extra).start().await);
+        }
+        for sc in &out {
+            support::eventually(DEADLINE, "replica ready", || async {
+                sc.admin_get("/readyz").await.0 == 200
+            })
+            .await;
+        }
+        out
+    }
+}
+
+async fn version(sc: &Sidecar) -> u64 {
+    let info = support::json(sc.admin_get("/token-info").await.1.as_bytes());
+    info["tokens"]["default"]["version"].as_u64().unwrap_or(0)
+}
+
+/// Sends requests through every replica until `stop`; returns (ok, failures).
+fn load(
+    replicas: &[Sidecar],
+    stop: Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<(u32, Vec<String>)>> {
+    replicas
+        .iter()
+        .map(|sc| {
+            let url = sc.url("/restapi/v1.0/echo");
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let client = Client::http1();
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client.get(&url).await;
+                    if r.status == 200 {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{} {}", r.status, r.text()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect()
+}
+
+async fn finish(tasks: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>) -> u32 {
+    let mut total = 0;
+    for t in tasks {
+        let (ok, failed) = t.await.unwrap();
+        assert!(failed.is_empty(), "failed requests: {failed:?}");
+        total += ok;
+    }
+    total
+}
+
+#[tokio::test]
+async fn six_replicas_one_session_one_token_request_per_cycle() {
+    let rig = Rig::new(12).await;
+    let replicas = rig.replicas(6, 4, &[]).await;
+    assert_eq!(rig.ts.successful_logins(), 1, "one login for all replicas");
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&replicas, stop.clone());
+    // 4-second tokens are refreshed every ~1.6-2 s: several cycles.
+    tokio::time::sleep(Duration::from_secs(9)).await;
+    stop.store(true, Ordering::Relaxed);
+    let total = finish(tasks).await;
+    assert!(total > 200, "only {total} requests");
+
+    let requests = rig.ts.requests();
+    assert!(
+        requests.iter().all(|r| r.status == 200),
+        "a token request failed: {:?}",
+        requests.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    let cycles = requests.len() - 1;
+    assert!(cycles >= 3, "only {cycles} refresh cycles");
+    // Every token request produced exactly one version, and every replica converged on it.
+    support::eventually(DEADLINE, "replicas converge", || async {
+        let mut all = true;
+        for sc in &replicas {
+            all &= version(sc).await == requests.len() as u64;
+        }
+        all
+    })
+    .await;
+    assert_eq!(rig.ts.successful_logins(), 1);
+    assert!(rig.ts.sessions_evicted().is_empty());
+    assert!(rig.ts.stale_refresh_token_uses().is_empty());
+    for sc in &replicas {
+        sc.assert_logs_free_of(TOKEN_PREFIX);
+        let m = sc.metrics().await;
+        assert!(
+            m.contains("token_sidecar_shared_store_operations_total"),
+            "{m}"
+        );
+    }
+    // Someone refreshed, and /token-info says who.
+    let info = support::json(replicas[0].admin_get("/token-info").await.1.as_bytes());
+    let by = info["tokens"]["default"]["shared"]["refreshed_by"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(by.starts_with('r'), "{info}");
+    assert_eq!(info["tokens"]["default"]["shared"]["replica"], "r0");
+}
+
+#[tokio::test]
+async fn the_lock_holder_dies_mid_refresh_and_another_takes_over() {
+    let rig = Rig::new(20).await;
+    // 20-second tokens, refreshed ~8-10 s in; the lock lives 2 x 1 s + 5 s = 7 s.
+    let extra = ["--token-request-timeout", "1s", "--refresh-margin", "10s"];
+    let mut replicas = rig.replicas(3, 20, &extra).await;
+    let arrivals = rig.ts.request_count();
+    rig.ts
+        .set_fault(Fault::Slow(Duration::from_secs(30)), Some(1));
+    assert!(
+        rig.ts
+            .wait_for_arrivals(arrivals as u64 + 1, Duration::from_secs(20))
+            .await,
+        "no refresh started"
+    );
+    // The lock's owner id names the holder: the replica whose token request hangs.
+    let owner = redis_get(&rig.redis.url(), "token-sidecar:default:lock")
+        .await
+        .expect("the lock is held during the refresh");
+    let name = owner.split('/').next().unwrap_or_default().to_owned();
+    let holder: usize = name.trim_start_matches('r').parse().expect("replica name");
+    let dead = replicas.remove(holder);
+    drop(dead); // SIGKILL
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&replicas, stop.clone());
+    support::eventually(Duration::from_secs(20), "a survivor refreshes", || async {
+        version(&replicas[0]).await >= 2 && version(&replicas[1]).await >= 2
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    finish(tasks).await;
+    assert_eq!(rig.ts.successful_logins(), 1);
+    assert!(rig.ts.stale_refresh_token_uses().is_empty());
+}
+
+#[tokio::test]
+async fn redis_outage_costs_no_request_and_past_expiry_nobody_stampedes() {
+    let mut rig = Rig::new(20).await;
+    let replicas = rig.replicas(3, 8, &[]).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&replicas, stop.clone());
+    // A short outage while the token is valid: nothing lost.
+    rig.redis.stop();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rig.redis.restart();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    finish(tasks).await;
+
+    // A long outage: past expiry every replica answers 503 and none calls the token endpoint
+    // (no stampede, no rotation race on the shared refresh token).
+    rig.redis.stop();
+    let before = rig.ts.request_count();
+    let client = Client::http1();
+    for sc in &replicas {
+        support::eventually(
+            Duration::from_secs(20),
+            "token_unavailable past expiry",
+            || async { client.get(&sc.url("/x")).await.status == 503 },
+        )
+        .await;
+    }
+    assert_eq!(
+        rig.ts.request_count(),
+        before,
+        "token requests while Redis was down"
+    );
+    let (status, body) = replicas[0].admin_get("/readyz").await;
+    assert_eq!(status, 503);
+    assert!(body.contains("shared store"), "{body}");
+
+    // Redis back (empty, as after a crash): one replica refreshes with the shared refresh
+    // token, the others adopt it.
+    rig.redis.restart();
+    for sc in &replicas {
+        support::eventually(Duration::from_secs(30), "recovery", || async {
+            client.get(&sc.url("/x")).await.status == 200
+        })
+        .await;
+    }
+    assert_eq!(
+        rig.ts.successful_logins(),
+        1,
+        "recovered without a new session"
+    );
+    assert!(rig.ts.stale_refresh_token_uses().is_empty());
+    let ok = rig.ts.requests().iter().filter(|r| r.status == 200).count();
+    assert_eq!(
+        rig.ts.request_count() - before,
+        1,
+        "one token request to recover, {ok} ok in all"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_holders_write_is_fenced_off() {
+    use token_sidecar::config::SharedConfig;
+    use token_sidecar::secret::Secret;
+    use token_sidecar::token::oauth::TokenSet;
+    use token_sidecar::token::shared::SharedStore;
+    use token_sidecar::token::state::State;
+
+    let redis = Redis::start();
+    let cfg = SharedConfig {
+        redis_url: Secret::new(redis.url()),
+        key_prefix: "test".into(),
+    };
+    let metrics = token_sidecar::metrics::Metrics::new();
+    let a = SharedStore::new(&cfg, "p", Duration::from_millis(300), metrics.clone()).unwrap();
+    let b = SharedStore::new(&cfg, "p", Duration::from_secs(5), metrics).unwrap();
+    let set = |v: &str| TokenSet {
+        access_token: Secret::new(v),
+        expires_at: std::time::SystemTime::now() + Duration::from_secs(60),
+        refresh_token: Some(Secret::new(format!("rt-{v}"))),
+        refresh_expires_at: None,
+        scope: None,
+        obtained_at: std::time::SystemTime::now(),
+    };
+    // A takes the lock, then stalls past its TTL; B takes over and writes version 2.
+    assert!(a.try_lock().await.unwrap());
+    assert!(!b.try_lock().await.unwrap(), "the lock is exclusive");
+    let waited = Instant::now();
+    while !b.try_lock().await.unwrap() {
+        assert!(waited.elapsed() < DEADLINE);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(b.write(State::new("k", 2, &set("b"))).await.unwrap());
+    // A wakes up and tries to write what it obtained, with the version it computed: rejected.
+    assert!(!a.write(State::new("k", 2, &set("a"))).await.unwrap());
+    assert!(!a.write(State::new("k", 1, &set("a"))).await.unwrap());
+    // A cannot release or extend B's lock.
+    assert!(!a.unlock().await.unwrap());
+    assert!(!a.extend().await.unwrap());
+    assert!(b.extend().await.unwrap());
+    assert!(b.unlock().await.unwrap());
+    let stored = b.read().await.unwrap().unwrap();
+    assert_eq!(stored.state.version, 2);
+    assert_eq!(stored.state.access_token, "b");
+    // Versions only grow.
+    assert!(a.write(State::new("k", 3, &set("a3"))).await.unwrap());
+    assert_eq!(b.read().await.unwrap().unwrap().state.version, 3);
+}
+
+async fn redis_get(url: &str, key: &str) -> Option<String> {
+    let client = redis::Client::open(url).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("GET")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
