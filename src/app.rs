@@ -160,6 +160,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut listeners = Vec::new();
     for rc in &config.routes {
         let profile = profiles[&rc.token].clone();
+        // A static token cannot change: a 401 is passed through as it is.
+        let refresh_on_401 = rc.refresh_on_401 && !matches!(profile.source, Source::Static);
         let store = profile.store.clone();
         let clients = client::build(&ClientSettings {
             connect_timeout: rc.connect_timeout,
@@ -180,7 +182,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 upstream_timeout: rc.upstream_timeout,
                 max_request_header_bytes: rc.max_request_header_bytes,
                 profile,
-                refresh_on_401: rc.refresh_on_401,
+                refresh_on_401,
                 retry_body_limit: rc.retry_body_limit,
             },
             clients,
