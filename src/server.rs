@@ -35,7 +35,10 @@ pub fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes.max(8192))
-        .max_headers(256)
+        // The route counts every header as at least 32 bytes, so a request with more headers
+        // than this is over its limit anyway: hyper's count limit (answered with a bare 431)
+        // must not undercut the route's byte limit (answered with the sidecar's JSON).
+        .max_headers((settings.max_header_bytes / 64 + 1).max(100))
         .keep_alive(true);
     b.http2()
         .timer(TokioTimer::new())

@@ -270,13 +270,37 @@ async fn absolute_form_naming_the_sidecar_or_upstream_goes_to_the_upstream() {
 #[tokio::test]
 async fn dot_segment_paths_are_refused() {
     let (up, sc) = setup().await;
-    for path in ["/a/../b", "/a/%2e%2E/b", "/./x", "/..", "/a/.%2E", "/a/./"] {
+    for path in [
+        "/a/../b",
+        "/a/%2e%2E/b",
+        "/./x",
+        "/..",
+        "/a/.%2E",
+        "/a/./",
+        // Separators and suffixes some upstreams resolve before the dot segments.
+        "/a/..%2Fb",
+        "/a\\..\\b",
+        "/a/%2e%2e%5cb",
+        "/a/..;/b",
+    ] {
         let req = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
         let r = raw_request(sc.proxy_addr, req.as_bytes()).await;
         assert_eq!(r.status, 400, "{path}");
         r.assert_sidecar_error(400, "bad_request");
     }
     assert_eq!(up.request_count(), 0);
+
+    // Dots that are not whole segments are fine.
+    let client = Client::http1();
+    for path in [
+        "/files/report..pdf",
+        "/.well-known/x",
+        "/v1.2/a%2Fb",
+        "/a/..b",
+    ] {
+        assert_eq!(client.get(&sc.url(path)).await.status, 200, "{path}");
+        assert_eq!(up.last().path_and_query(), path);
+    }
 }
 
 #[tokio::test]
@@ -300,6 +324,31 @@ async fn oversized_request_headers_get_431() {
     req.push_str("\r\n");
     let r = raw_request(sc.proxy_addr, req.as_bytes()).await;
     assert_eq!(r.status, 200);
+    assert_eq!(up.request_count(), 1);
+}
+
+#[tokio::test]
+async fn many_small_headers_are_judged_by_the_byte_limit() {
+    let (up, sc) = setup().await;
+    // 300 small headers are well under 32 KiB: forwarded.
+    let mut req = String::from("GET /many HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    for i in 0..300 {
+        req.push_str(&format!("X-H{i}: {i}\r\n"));
+    }
+    req.push_str("\r\n");
+    let r = raw_request(sc.proxy_addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(up.last().header("x-h299").as_deref(), Some("299"));
+
+    // 700 headers of 40 bytes are over it: the sidecar's own 431, not hyper's bare one.
+    let value = "v".repeat(40);
+    let mut req = String::from("GET /many HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    for i in 0..700 {
+        req.push_str(&format!("X-H{i}: {value}\r\n"));
+    }
+    req.push_str("\r\n");
+    let r = raw_request(sc.proxy_addr, req.as_bytes()).await;
+    r.assert_sidecar_error(431, "header_too_large");
     assert_eq!(up.request_count(), 1);
 }
 
@@ -778,4 +827,175 @@ async fn the_token_never_appears_in_logs_metrics_token_info_or_error_bodies() {
     })
     .await;
     sc.assert_logs_free_of(MARKER);
+}
+
+#[tokio::test]
+async fn slow_header_senders_and_idle_connections_are_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start().await;
+    let sc = SidecarBuilder::new(&up.url(""))
+        .static_token(MARKER)
+        .args(["--header-read-timeout", "300ms"])
+        .start()
+        .await;
+
+    // Half a request head, then silence: the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(sc.proxy_addr).await.unwrap();
+    s.write_all(b"GET /slowloris HTTP/1.1\r\nHost: app\r\n")
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = Vec::new();
+    let n = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf))
+        .await
+        .expect("the sidecar closes a connection whose headers never complete");
+    assert!(n.is_err() || !buf.starts_with(b"HTTP/1.1 200"), "{buf:?}");
+    assert!(start.elapsed() >= Duration::from_millis(250));
+    assert_eq!(up.request_count(), 0);
+
+    // A keep-alive connection left idle after a complete exchange is closed as well.
+    let mut s = tokio::net::TcpStream::connect(sc.proxy_addr).await.unwrap();
+    s.write_all(b"GET /idle HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(DEADLINE, s.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "an idle keep-alive connection stays open");
+    assert!(
+        buf.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf)
+    );
+    assert_eq!(up.request_count(), 1);
+}
+
+#[tokio::test]
+async fn upstream_closing_without_an_answer_gives_502() {
+    use tokio::io::AsyncReadExt;
+    // An upstream that reads the request and hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            drop(s);
+        }
+    });
+    let sc = SidecarBuilder::new(&format!("http://{addr}"))
+        .static_token(MARKER)
+        .start()
+        .await;
+    let r = Client::http1().get(&sc.url("/x")).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.header("x-token-sidecar-error").is_some());
+    support::assert_sidecar_error(
+        r.status,
+        &r.headers,
+        &r.body,
+        502,
+        r.header("x-token-sidecar-error").unwrap(),
+    );
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_upstream_errors_total",
+            &[("route", "default"), ("kind", "protocol")]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn head_and_no_content_responses_pass_through() {
+    let (up, sc) = setup().await;
+    let client = Client::http1();
+    let r = client
+        .send(
+            Request::head(sc.url("/large-download?size=1000"))
+                .body(empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-length"), Some("1000"));
+    assert!(r.body.is_empty());
+    assert_eq!(up.last().method, http::Method::HEAD);
+
+    let r = client.get(&sc.url("/status/204")).await;
+    assert_eq!(r.status, 204);
+    assert!(r.body.is_empty());
+    // The connection is still usable afterwards.
+    assert_eq!(client.get(&sc.url("/after")).await.status, 200);
+}
+
+#[tokio::test]
+async fn h2c_upgrade_requests_are_forwarded_as_plain_http1() {
+    // `curl --http2 http://...` asks to upgrade to h2c. Passing that through would turn the
+    // connection into a tunnel whose later requests bypass the sidecar (no token, no base
+    // path, no checks), so the upgrade offer is dropped and the request forwarded as is.
+    let (up, sc) = setup().await;
+    let req = "GET /offer-h2c HTTP/1.1\r\n\
+        Host: app\r\n\
+        Connection: Upgrade, HTTP2-Settings, close\r\n\
+        Upgrade: h2c\r\n\
+        HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\
+        \r\n";
+    let r = raw_request(sc.proxy_addr, req.as_bytes()).await;
+    assert_eq!(r.status, 200);
+    let got = up.last();
+    assert_eq!(got.path_and_query(), "/offer-h2c");
+    for name in ["upgrade", "http2-settings", "connection"] {
+        assert!(
+            got.header_values(name).is_empty(),
+            "{name} forwarded: {:?}",
+            got.headers
+        );
+    }
+    assert_eq!(got.header_values("authorization"), vec![bearer()]);
+}
+
+#[tokio::test]
+async fn upstream_connect_timeout_gives_502() {
+    // A listener that never accepts, its backlog filled: further connection attempts hang.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        if let Ok(Ok(s)) = tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            fillers.push(s);
+        }
+    }
+    let sc = SidecarBuilder::new(&format!("http://{addr}"))
+        .static_token(MARKER)
+        .args(["--connect-timeout", "300ms"])
+        .start()
+        .await;
+    let start = Instant::now();
+    let r = Client::http1().get(&sc.url("/x")).await;
+    let took = start.elapsed();
+    r.assert_sidecar_error(502, "upstream_unreachable");
+    assert!(took < Duration::from_secs(5), "answered after {took:?}");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_upstream_errors_total",
+            &[("route", "default"), ("kind", "timeout")]
+        ),
+        Some(1.0),
+        "{m}\n{}",
+        sc.logs().join("\n")
+    );
+    drop((listener, fillers));
 }

@@ -98,7 +98,7 @@ pub fn parse(
     };
     expand_value(&mut value, &mut String::new(), env, errors);
     let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
     let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
     let parsed: Result<RawFile, _> = serde_path_to_error::deserialize(de);
     for key in unknown {
@@ -110,6 +110,28 @@ pub fn parse(
             errors.push(format!("config file: `{}`: {}", e.path(), e.inner()));
             None
         }
+    }
+}
+
+/// Renders an ignored key's path as the other messages name keys: `admin.listen`,
+/// `route[0].upstream` (serde_ignored's own `Display` writes `admin.?.listen` for an
+/// `Option` table and `route.0.upstream` for an array).
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => {
+            let parent = key_path(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
+            }
+        }
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
     }
 }
 
@@ -210,13 +232,29 @@ mod tests {
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("`bogus`")));
         assert!(
-            errors
-                .iter()
-                .any(|e| e.contains("`route.0.listen_addr`") || e.contains("route[0].listen_addr")),
+            errors.iter().any(|e| e.contains("`route[0].listen_addr`")),
             "{errors:?}"
         );
         assert!(
             errors.iter().any(|e| e.contains("token.t.grnt")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_in_optional_tables_have_plain_paths() {
+        let mut errors = vec![];
+        parse(
+            "[admin]\nlistn = \"x\"\n[shared]\nredis = \"y\"\n",
+            &env,
+            &mut errors,
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("`admin.listn`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("`shared.redis`")),
             "{errors:?}"
         );
     }

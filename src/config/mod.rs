@@ -840,7 +840,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                     Some(up)
                 }
                 Err(e) => {
-                    c.err(format!("{}: `{}`: {e}", u.key, u.value));
+                    c.err(format!("{}: `{}`: {e}", u.key, printable_url(&u.value)));
                     None
                 }
             },
@@ -1083,8 +1083,27 @@ fn check_token_url(url: &str, key: &str, c: &mut Checker) {
                 tracing::warn!(token_url = %url, "the token endpoint is plain http on a non-loopback host: credentials cross the network unencrypted");
             }
         }
-        Err(e) => c.err(format!("{key}: `{url}`: {e}")),
+        Err(e) => c.err(format!("{key}: `{}`: {e}", printable_url(url))),
     }
+}
+
+/// A URL as it may be printed in an error: user information and the query, where credentials
+/// hide, are replaced.
+fn printable_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("<redacted>@{}", &authority[at + 1..]),
+        None => authority.to_owned(),
+    };
+    let tail = match tail.find(['?', '#']) {
+        Some(q) => format!("{}{}<redacted>", &tail[..q], &tail[q..q + 1]),
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
 }
 
 /// Whether `host` is `localhost` or a loopback IP.
@@ -1165,6 +1184,19 @@ mod tests {
         assert_eq!(cfg.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert!(cfg.routes[0].refresh_on_401);
         assert!(!format!("{cfg:?}").contains("tok\""));
+    }
+
+    #[test]
+    fn printed_urls_hide_credentials() {
+        assert_eq!(
+            printable_url("https://u:pw@api.example.com/a?key=s#f"),
+            "https://<redacted>@api.example.com/a?<redacted>"
+        );
+        assert_eq!(
+            printable_url("http://127.0.0.1:9/x"),
+            "http://127.0.0.1:9/x"
+        );
+        assert_eq!(printable_url("not a url"), "not a url");
     }
 
     #[test]

@@ -196,14 +196,23 @@ fn names_upstream_or_loopback(auth: &Authority, scheme: Option<&Scheme>, up: &Up
 }
 
 /// Whether a path has a `.` or `..` segment, plainly or percent-encoded.
+///
+/// Upstreams differ in what they treat as a separator before resolving dot segments, so this
+/// errs on the safe side: `\` and percent-encoded `/` and `\` separate segments too, and a
+/// `;parameter` suffix is ignored (`/a/..;/b` climbs on servlet containers).
 pub fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        if seg.is_empty() || seg.len() > 6 {
-            return false;
-        }
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
+    if !path.bytes().any(|b| matches!(b, b'.' | b'%' | b'\\')) {
+        return false;
+    }
+    let decoded = path
+        .to_ascii_lowercase()
+        .replace("%2e", ".")
+        .replace("%2f", "/")
+        .replace("%5c", "/")
+        .replace('\\', "/");
+    decoded.split('/').any(|seg| {
+        let seg = seg.split(';').next().unwrap_or(seg);
+        seg == "." || seg == ".."
     })
 }
 
@@ -226,10 +235,20 @@ pub fn is_hop_by_hop_name(name: &HeaderName) -> bool {
 }
 
 /// Whether a request asks to switch protocols (a WebSocket handshake).
+///
+/// An offer to upgrade to `h2c` does not count: the upgraded connection would carry further
+/// requests straight to the upstream, past the token injection and every check. Such a request
+/// is forwarded as plain HTTP/1.1, its `Upgrade` header dropped like any hop-by-hop header.
 pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
     version == Version::HTTP_11
-        && headers.contains_key(header::UPGRADE)
         && connection_has(headers, "upgrade")
+        && headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .any(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -368,6 +387,12 @@ mod tests {
         assert_eq!(t("/a/%2E%2e/b"), Err(TargetError::DotSegment));
         assert_eq!(t("/a/./b"), Err(TargetError::DotSegment));
         assert!(t("/a/..b/c").is_ok());
+        assert!(t("/files/report..pdf").is_ok());
+        assert!(t("/.well-known/x;v=1").is_ok());
+        assert!(t("/a%2Fb/v1.2").is_ok());
+        assert_eq!(t("/a/..%2Fb"), Err(TargetError::DotSegment));
+        assert_eq!(t("/a/..;/b"), Err(TargetError::DotSegment));
+        assert_eq!(t("/a/%2e%2e%5Cb"), Err(TargetError::DotSegment));
         assert_eq!(t("*"), Err(TargetError::NotOriginForm));
         assert_eq!(
             check_target(
@@ -403,6 +428,24 @@ mod tests {
         prepare_request_headers(&mut h, false);
         let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(names, vec!["te", "x-keep"]);
+    }
+
+    #[test]
+    fn h2c_is_not_an_upgrade() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "Upgrade, HTTP2-Settings".parse().unwrap());
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert(
+            "http2-settings",
+            "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap(),
+        );
+        assert!(!is_upgrade(&h, Version::HTTP_11));
+        prepare_request_headers(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+        h.insert("connection", "upgrade".parse().unwrap());
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert!(is_upgrade(&h, Version::HTTP_11));
+        assert!(!is_upgrade(&h, Version::HTTP_10));
     }
 
     #[test]

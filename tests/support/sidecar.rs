@@ -96,6 +96,18 @@ impl SidecarBuilder {
         }
     }
 
+    /// Just `run`, two worker threads and `TOKEN_SIDECAR_LOG=debug`: listeners and routes come
+    /// from further arguments (a config file).
+    pub fn bare() -> Self {
+        SidecarBuilder {
+            args: ["run", "--threads", "2"]
+                .iter()
+                .map(OsString::from)
+                .collect(),
+            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+        }
+    }
+
     /// `--grant static --static-token <token>`.
     pub fn static_token(self, token: &str) -> Self {
         self.args(["--grant", "static", "--static-token", token])
@@ -242,6 +254,23 @@ impl Sidecar {
             .iter()
             .find(|v| v["message"] == message)
             .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+    }
+
+    /// The bound address of route `name`'s listener.
+    pub fn route_addr(&self, name: &str) -> SocketAddr {
+        self.json_logs()
+            .iter()
+            .find(|v| v["message"] == "listening" && v["route"] == name)
+            .and_then(|v| v["addr"].as_str().and_then(|a| a.parse().ok()))
+            .unwrap_or_else(|| panic!("no listener logged for route {name}"))
+    }
+
+    /// Whether the process has exited (without waiting).
+    pub fn has_exited(&mut self) -> bool {
+        if let Some(st) = self.child.try_wait().unwrap() {
+            self.exited = Some(st);
+        }
+        self.exited.is_some()
     }
 
     /// The child's process id.

@@ -151,7 +151,8 @@ impl Upstream {
                         let st = st.clone();
                         async move { Ok::<_, Infallible>(handle(st, req).await) }
                     });
-                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let mut builder = auto::Builder::new(TokioExecutor::new());
+                    builder.http1().max_headers(4096);
                     match tls {
                         None => {
                             let _ = builder
