@@ -120,13 +120,18 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                         message: e.to_string(),
                     })?;
                 store.record_attempt(Trigger::Startup.as_str(), Ok(()));
+                metrics
+                    .token_refreshes
+                    .with_label_values(&[name.as_str(), Trigger::Startup.as_str(), "success"])
+                    .inc();
                 Source::Static
             }
             Grant::File {
                 path,
                 poll_interval,
             } => {
-                let mut src = FileSource::new(path.clone(), *poll_interval, store.clone());
+                let mut src = FileSource::new(path.clone(), *poll_interval, store.clone())
+                    .with_metrics(metrics.clone());
                 src.reload(Trigger::Startup.as_str());
                 tracker.spawn(src.run(shutdown.clone()));
                 Source::File(path.clone())

@@ -103,8 +103,11 @@ pub async fn buffer_for_replay(
     if body.is_end_stream() {
         return Ok((Body::Empty, Some(Bytes::new())));
     }
-    if body.size_hint().lower() > limit {
-        return Ok((Body::Incoming(body), None));
+    // Only a body of known, small length is held back: one of unknown length may be a stream
+    // the client feeds slowly, and holding it would stall the request.
+    match body.size_hint().exact() {
+        Some(len) if len <= limit => {}
+        _ => return Ok((Body::Incoming(body), None)),
     }
     let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
     let mut total: u64 = 0;

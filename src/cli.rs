@@ -18,7 +18,11 @@ pub fn main() -> i32 {
         Some(Command::Check(flags)) => check(&flags, &env),
         Some(Command::Refresh(flags)) => refresh(&flags, &env),
         Some(Command::Dev(flags)) => {
-            crate::telemetry::init(config::LogFormat::Text);
+            crate::telemetry::init(if flags.log_format == "json" {
+                config::LogFormat::Json
+            } else {
+                config::LogFormat::Text
+            });
             match runtime(2) {
                 Ok(rt) => rt.block_on(crate::demo::run(&flags)),
                 Err(e) => {

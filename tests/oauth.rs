@@ -667,3 +667,34 @@ async fn client_credentials_with_body_auth_and_extra_params() {
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
     assert_nothing_leaked(&sc).await;
 }
+
+#[tokio::test]
+async fn dev_subcommand_shows_injection_and_refresh_working() {
+    let sc = SidecarBuilder::raw()
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-format", "json", "--token-lifetime", "3s"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    let r = Client::http1()
+        .get_with(
+            &sc.url("/restapi/v1.0/account/~"),
+            &[("authorization", "Bearer forged")],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("token_fingerprint"));
+    // 3-second tokens: the version grows by itself.
+    support::eventually(DEADLINE, "a timed refresh", || async {
+        token_info(&sc).await["version"].as_u64().unwrap_or(0) >= 2
+    })
+    .await;
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+    sc.assert_logs_free_of(TOKEN_PREFIX);
+}

@@ -49,6 +49,9 @@ pub struct DevFlags {
     /// Lifetime of the demo tokens.
     #[arg(long, default_value = "30s")]
     pub token_lifetime: String,
+    /// text or json.
+    #[arg(long, default_value = "text", value_name = "text|json")]
+    pub log_format: String,
 }
 
 /// Flags of `run`, `check` and `refresh`.

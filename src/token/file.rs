@@ -24,6 +24,7 @@ pub struct FileSource {
     poll_interval: Duration,
     store: Arc<TokenStore>,
     last_error: Option<String>,
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl FileSource {
@@ -34,6 +35,22 @@ impl FileSource {
             poll_interval,
             store,
             last_error: None,
+            metrics: None,
+        }
+    }
+
+    /// Counts each token change (and each newly unusable file) in
+    /// `token_sidecar_token_refreshes_total`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count(&self, trigger: &str, result: &str) {
+        if let Some(m) = &self.metrics {
+            m.token_refreshes
+                .with_label_values(&[self.store.name(), trigger, result])
+                .inc();
         }
     }
 
@@ -44,6 +61,9 @@ impl FileSource {
             Ok(changed) => {
                 if changed || self.last_error.is_some() {
                     self.store.record_attempt(trigger, Ok(()));
+                }
+                if changed {
+                    self.count(trigger, "success");
                 }
                 self.last_error = None;
             }
@@ -56,6 +76,7 @@ impl FileSource {
                         "token file not usable; keeping the previous token"
                     );
                     self.store.record_attempt(trigger, Err(e.clone()));
+                    self.count(trigger, "failure");
                 }
                 self.last_error = Some(e);
             }
@@ -112,6 +133,9 @@ impl FileSource {
         let mut tick = tokio::time::interval(self.poll_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
+        // A change between the first read and the watch starting would otherwise wait for the
+        // periodic check.
+        self.reload("file");
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,

@@ -108,6 +108,14 @@ impl SidecarBuilder {
         }
     }
 
+    /// No arguments at all (another subcommand, such as `dev`), `TOKEN_SIDECAR_LOG=debug`.
+    pub fn raw() -> Self {
+        SidecarBuilder {
+            args: Vec::new(),
+            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+        }
+    }
+
     /// `--grant static --static-token <token>`.
     pub fn static_token(self, token: &str) -> Self {
         self.args(["--grant", "static", "--static-token", token])
