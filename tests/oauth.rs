@@ -698,3 +698,102 @@ async fn dev_subcommand_shows_injection_and_refresh_working() {
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
     sc.assert_logs_free_of(TOKEN_PREFIX);
 }
+
+#[tokio::test]
+async fn password_grant() {
+    let rig = Rig::new(TokenServerConfig {
+        password_user: Some(("alice".into(), "pa55word".into())),
+        ..TokenServerConfig::default()
+    })
+    .await;
+    std::fs::write(rig.path("password"), "pa55word\n").unwrap();
+    let sc = SidecarBuilder::new(&rig.api.url())
+        .args([
+            "--grant",
+            "password",
+            "--client-id",
+            "test-client",
+            "--username",
+            "alice",
+        ])
+        .arg("--token-url")
+        .arg(rig.ts.token_url())
+        .arg("--client-secret-file")
+        .arg(rig.path("secret"))
+        .arg("--password-file")
+        .arg(rig.path("password"))
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    assert_eq!(rig.ts.requests()[0].grant_type, "password");
+    assert_eq!(
+        rig.ts.requests()[0]
+            .params
+            .get("username")
+            .map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+    sc.assert_logs_free_of("pa55word");
+}
+
+#[tokio::test]
+async fn refresh_token_grant_bootstraps_from_a_file_and_keeps_the_session() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    // Obtain a refresh token the way an operator would (here: one JWT login, persisted).
+    let state = rig.path("bootstrap-state.json");
+    let out = tokio::task::spawn_blocking({
+        let args = vec![
+            "refresh".to_owned(),
+            "--upstream".into(),
+            rig.api.url(),
+            "--grant".into(),
+            "jwt_bearer".into(),
+            "--client-id".into(),
+            "test-client".into(),
+            "--token-url".into(),
+            rig.ts.token_url(),
+            "--client-secret-file".into(),
+            rig.path("secret").display().to_string(),
+            "--assertion-file".into(),
+            rig.path("jwt").display().to_string(),
+            "--state-file".into(),
+            state.display().to_string(),
+        ];
+        move || support::sidecar::run_once(args, &[])
+    })
+    .await
+    .unwrap();
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    let rt = support::json(&std::fs::read(&state).unwrap())["refresh_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    std::fs::write(rig.path("rt"), &rt).unwrap();
+    let sc = SidecarBuilder::new(&rig.api.url())
+        .args(["--grant", "refresh_token", "--client-id", "test-client"])
+        .arg("--token-url")
+        .arg(rig.ts.token_url())
+        .arg("--client-secret-file")
+        .arg(rig.path("secret"))
+        .arg("--refresh-token-file")
+        .arg(rig.path("rt"))
+        .args(["--token-param", "access_token_ttl=3"])
+        .start()
+        .await;
+    wait_ready(&sc).await;
+    // Timed refreshes use the rotated token, never the spent bootstrap one again.
+    support::eventually(DEADLINE, "two timed refreshes", || async {
+        rig.count("refresh_token", 200) >= 3
+    })
+    .await;
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+    assert_eq!(
+        rig.ts.successful_logins(),
+        1,
+        "the bootstrap session is kept"
+    );
+    assert!(rig.ts.stale_refresh_token_uses().is_empty());
+    assert_eq!(rig.ts.grace_replays(), 0);
+    sc.assert_logs_free_of(&rt);
+}
