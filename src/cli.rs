@@ -41,6 +41,20 @@ fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::C
     })
 }
 
+/// Starts logging, in the format the flags ask for so that configuration warnings already use
+/// it, then loads the configuration.
+fn init_and_load(
+    flags: &Flags,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<config::Config, i32> {
+    let format = match flags.log_format.as_deref() {
+        Some("text") => config::LogFormat::Text,
+        _ => config::LogFormat::Json,
+    };
+    crate::telemetry::init(format);
+    load(flags, env)
+}
+
 fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     match load(flags, env) {
         Ok(cfg) => {
@@ -65,13 +79,7 @@ fn runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 fn run(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    // Parse the log format first so that configuration warnings are logged in it.
-    let format = match flags.log_format.as_deref() {
-        Some("text") => config::LogFormat::Text,
-        _ => config::LogFormat::Json,
-    };
-    crate::telemetry::init(format);
-    let cfg = match load(flags, env) {
+    let cfg = match init_and_load(flags, env) {
         Ok(c) => c,
         Err(code) => return code,
     };
@@ -130,12 +138,7 @@ pub(crate) async fn wait_for_signal() -> &'static str {
 /// (using the refresh token from the state file when one is held), persisted, metadata
 /// printed as one JSON line per profile. Never prints a token.
 fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    let format = match flags.log_format.as_deref() {
-        Some("text") => config::LogFormat::Text,
-        _ => config::LogFormat::Json,
-    };
-    crate::telemetry::init(format);
-    let cfg = match load(flags, env) {
+    let cfg = match init_and_load(flags, env) {
         Ok(c) => c,
         Err(code) => return code,
     };

@@ -9,9 +9,8 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 
-use support::SidecarBuilder;
-use token_sidecar::dev::api::ApiServer;
-use token_sidecar::dev::token_server::{TokenServer, TokenServerConfig, DEV_ASSERTION};
+use support::rc::Rig;
+use token_sidecar::dev::token_server::TokenServerConfig;
 
 #[tokio::test]
 async fn ringcentral_sdk_with_auth_proxy_works_through_the_sidecar() {
@@ -20,23 +19,8 @@ async fn ringcentral_sdk_with_auth_proxy_works_through_the_sidecar() {
         example.join("node_modules/@ringcentral/sdk").is_dir(),
         "run `npm ci --prefix examples/ringcentral-node` first (scripts/test.sh does)"
     );
-    let ts = TokenServer::start(TokenServerConfig::ringcentral())
-        .await
-        .unwrap();
-    let api = ApiServer::start(&ts).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), "test-secret").unwrap();
-    std::fs::write(dir.path().join("jwt"), DEV_ASSERTION).unwrap();
-    let sc = SidecarBuilder::new(&api.url())
-        .args(["--grant", "jwt_bearer", "--client-id", "test-client"])
-        .arg("--token-url")
-        .arg(ts.token_url())
-        .arg("--client-secret-file")
-        .arg(dir.path().join("secret"))
-        .arg("--assertion-file")
-        .arg(dir.path().join("jwt"))
-        .start()
-        .await;
+    let rig = Rig::new(TokenServerConfig::ringcentral()).await;
+    let sc = rig.sidecar().start().await;
     support::eventually(support::DEADLINE, "ready", || async {
         sc.admin_get("/readyz").await.0 == 200
     })
@@ -68,7 +52,7 @@ async fn ringcentral_sdk_with_auth_proxy_works_through_the_sidecar() {
         assert_eq!(l["status"], 200);
         assert_eq!(l["session"], "1", "one session for every request");
     }
-    assert_eq!(ts.successful_logins(), 1);
-    assert_eq!(api.count_by_status().get(&200).copied(), Some(5));
+    assert_eq!(rig.ts.successful_logins(), 1);
+    assert_eq!(rig.api.count_by_status().get(&200).copied(), Some(5));
     sc.assert_logs_free_of(token_sidecar::dev::token_server::TOKEN_PREFIX);
 }

@@ -4,57 +4,14 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::metrics;
+use support::rc::Rig;
 use support::{Client, Sidecar, SidecarBuilder, DEADLINE};
-use token_sidecar::dev::api::ApiServer;
 use token_sidecar::dev::token_server::{
-    Fault, TokenServer, TokenServerConfig, DEV_ASSERTION, JWT_BEARER_GRANT, TOKEN_PREFIX,
+    Fault, TokenServerConfig, DEV_ASSERTION, JWT_BEARER_GRANT, TOKEN_PREFIX,
 };
-
-/// A token server, an API double and the credential files for the sidecar.
-struct Rig {
-    ts: TokenServer,
-    api: ApiServer,
-    dir: tempfile::TempDir,
-}
-
-impl Rig {
-    async fn new(cfg: TokenServerConfig) -> Rig {
-        let ts = TokenServer::start(cfg).await.unwrap();
-        let api = ApiServer::start(&ts).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret"), "test-secret\n").unwrap();
-        std::fs::write(dir.path().join("jwt"), DEV_ASSERTION).unwrap();
-        Rig { ts, api, dir }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// The sidecar in front of the API with the JWT grant.
-    fn sidecar(&self) -> SidecarBuilder {
-        SidecarBuilder::new(&self.api.url())
-            .args(["--grant", "jwt_bearer", "--client-id", "test-client"])
-            .arg("--token-url")
-            .arg(self.ts.token_url())
-            .arg("--client-secret-file")
-            .arg(self.path("secret"))
-            .arg("--assertion-file")
-            .arg(self.path("jwt"))
-    }
-
-    fn count(&self, grant: &str, status: u16) -> usize {
-        self.ts
-            .requests()
-            .iter()
-            .filter(|r| r.grant_type == grant && r.status == status)
-            .count()
-    }
-}
 
 /// Neither a token nor a credential in any log line, metric or /token-info.
 async fn assert_nothing_leaked(sc: &Sidecar) {
@@ -535,38 +492,18 @@ async fn a_corrupt_state_file_is_reported_and_ignored() {
 async fn refresh_subcommand_persists_and_prints_metadata_only() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let state = rig.path("state.json");
-    let run = |args: Vec<String>| async move {
-        tokio::task::spawn_blocking(move || support::sidecar::run_once(args, &[]))
-            .await
-            .unwrap()
-    };
-    let args = |rig: &Rig| {
-        vec![
-            "refresh".to_owned(),
-            "--upstream".into(),
-            rig.api.url(),
-            "--grant".into(),
-            "jwt_bearer".into(),
-            "--client-id".into(),
-            "test-client".into(),
-            "--token-url".into(),
-            rig.ts.token_url(),
-            "--client-secret-file".into(),
-            rig.path("secret").display().to_string(),
-            "--assertion-file".into(),
-            rig.path("jwt").display().to_string(),
-            "--state-file".into(),
-            state.display().to_string(),
-        ]
-    };
-    let out = run(args(&rig)).await;
+    let out = rig
+        .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
+        .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     let line = support::json(out.stdout.trim().as_bytes());
     assert_eq!(line["result"], "success");
     assert_eq!(line["version"], 1);
     assert!(!out.all().contains(TOKEN_PREFIX));
     // The second run uses the persisted refresh token.
-    let out = run(args(&rig)).await;
+    let out = rig
+        .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
+        .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     assert_eq!(support::json(out.stdout.trim().as_bytes())["version"], 2);
     assert_eq!(
@@ -576,7 +513,9 @@ async fn refresh_subcommand_persists_and_prints_metadata_only() {
     assert_eq!(rig.ts.successful_logins(), 1);
     // A failure exits non-zero with the reason.
     rig.ts.set_fault(Fault::Status(500), None);
-    let out = run(args(&rig)).await;
+    let out = rig
+        .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
+        .await;
     assert_eq!(out.code, Some(1));
     assert_eq!(
         support::json(out.stdout.trim().as_bytes())["result"],
@@ -742,28 +681,9 @@ async fn refresh_token_grant_bootstraps_from_a_file_and_keeps_the_session() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     // Obtain a refresh token the way an operator would (here: one JWT login, persisted).
     let state = rig.path("bootstrap-state.json");
-    let out = tokio::task::spawn_blocking({
-        let args = vec![
-            "refresh".to_owned(),
-            "--upstream".into(),
-            rig.api.url(),
-            "--grant".into(),
-            "jwt_bearer".into(),
-            "--client-id".into(),
-            "test-client".into(),
-            "--token-url".into(),
-            rig.ts.token_url(),
-            "--client-secret-file".into(),
-            rig.path("secret").display().to_string(),
-            "--assertion-file".into(),
-            rig.path("jwt").display().to_string(),
-            "--state-file".into(),
-            state.display().to_string(),
-        ];
-        move || support::sidecar::run_once(args, &[])
-    })
-    .await
-    .unwrap();
+    let out = rig
+        .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
+        .await;
     assert_eq!(out.code, Some(0), "{}", out.all());
     let rt = support::json(&std::fs::read(&state).unwrap())["refresh_token"]
         .as_str()

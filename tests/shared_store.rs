@@ -4,29 +4,23 @@
 
 mod support;
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::redis::Redis;
 use support::{Client, Sidecar, SidecarBuilder, DEADLINE};
-use token_sidecar::dev::api::ApiServer;
-use token_sidecar::dev::token_server::{
-    Fault, RateLimit, TokenServer, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX,
-};
+use token_sidecar::dev::token_server::{Fault, RateLimit, TokenServerConfig, TOKEN_PREFIX};
 
 struct Rig {
-    ts: TokenServer,
-    api: ApiServer,
+    rc: support::rc::Rig,
     redis: Redis,
-    dir: tempfile::TempDir,
 }
 
 impl Rig {
     /// RingCentral's limits: 5 sessions, and `max_auth_calls` auth calls a minute.
     async fn new(max_auth_calls: u32) -> Rig {
-        let ts = TokenServer::start(TokenServerConfig {
+        let rc = support::rc::Rig::new(TokenServerConfig {
             rate_limit: Some(RateLimit {
                 max: max_auth_calls,
                 window: Duration::from_secs(60),
@@ -35,33 +29,16 @@ impl Rig {
             session_cap: Some(5),
             ..TokenServerConfig::default()
         })
-        .await
-        .unwrap();
-        let api = ApiServer::start(&ts).await.unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("secret"), "test-secret").unwrap();
-        std::fs::write(dir.path().join("jwt"), DEV_ASSERTION).unwrap();
+        .await;
         Rig {
-            ts,
-            api,
+            rc,
             redis: Redis::start(),
-            dir,
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
     fn replica(&self, n: usize, ttl_secs: u64, extra: &[&str]) -> SidecarBuilder {
-        SidecarBuilder::new(&self.api.url())
-            .args(["--grant", "jwt_bearer", "--client-id", "test-client"])
-            .arg("--token-url")
-            .arg(self.ts.token_url())
-            .arg("--client-secret-file")
-            .arg(self.path("secret"))
-            .arg("--assertion-file")
-            .arg(self.path("jwt"))
+        self.rc
+            .sidecar()
             .args(["--redis-url", &self.redis.url()])
             .args(["--token-param", &format!("access_token_ttl={ttl_secs}")])
             .args(extra)
@@ -130,7 +107,11 @@ async fn finish(tasks: Vec<tokio::task::JoinHandle<(u32, Vec<String>)>>) -> u32 
 async fn six_replicas_one_session_one_token_request_per_cycle() {
     let rig = Rig::new(12).await;
     let replicas = rig.replicas(6, 4, &[]).await;
-    assert_eq!(rig.ts.successful_logins(), 1, "one login for all replicas");
+    assert_eq!(
+        rig.rc.ts.successful_logins(),
+        1,
+        "one login for all replicas"
+    );
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(&replicas, stop.clone());
     // 4-second tokens are refreshed every ~1.6-2 s: several cycles.
@@ -139,7 +120,7 @@ async fn six_replicas_one_session_one_token_request_per_cycle() {
     let total = finish(tasks).await;
     assert!(total > 200, "only {total} requests");
 
-    let requests = rig.ts.requests();
+    let requests = rig.rc.ts.requests();
     assert!(
         requests.iter().all(|r| r.status == 200),
         "a token request failed: {:?}",
@@ -156,9 +137,9 @@ async fn six_replicas_one_session_one_token_request_per_cycle() {
         all
     })
     .await;
-    assert_eq!(rig.ts.successful_logins(), 1);
-    assert!(rig.ts.sessions_evicted().is_empty());
-    assert!(rig.ts.stale_refresh_token_uses().is_empty());
+    assert_eq!(rig.rc.ts.successful_logins(), 1);
+    assert!(rig.rc.ts.sessions_evicted().is_empty());
+    assert!(rig.rc.ts.stale_refresh_token_uses().is_empty());
     for sc in &replicas {
         sc.assert_logs_free_of(TOKEN_PREFIX);
         let m = sc.metrics().await;
@@ -183,11 +164,13 @@ async fn the_lock_holder_dies_mid_refresh_and_another_takes_over() {
     // 20-second tokens, refreshed ~8-10 s in; the lock lives 2 x 1 s + 5 s = 7 s.
     let extra = ["--token-request-timeout", "1s", "--refresh-margin", "10s"];
     let mut replicas = rig.replicas(3, 20, &extra).await;
-    let arrivals = rig.ts.request_count();
-    rig.ts
+    let arrivals = rig.rc.ts.request_count();
+    rig.rc
+        .ts
         .set_fault(Fault::Slow(Duration::from_secs(30)), Some(1));
     assert!(
-        rig.ts
+        rig.rc
+            .ts
             .wait_for_arrivals(arrivals as u64 + 1, Duration::from_secs(20))
             .await,
         "no refresh started"
@@ -208,8 +191,8 @@ async fn the_lock_holder_dies_mid_refresh_and_another_takes_over() {
     .await;
     stop.store(true, Ordering::Relaxed);
     finish(tasks).await;
-    assert_eq!(rig.ts.successful_logins(), 1);
-    assert!(rig.ts.stale_refresh_token_uses().is_empty());
+    assert_eq!(rig.rc.ts.successful_logins(), 1);
+    assert!(rig.rc.ts.stale_refresh_token_uses().is_empty());
 }
 
 #[tokio::test]
@@ -229,7 +212,7 @@ async fn redis_outage_costs_no_request_and_past_expiry_nobody_stampedes() {
     // A long outage: past expiry every replica answers 503 and none calls the token endpoint
     // (no stampede, no rotation race on the shared refresh token).
     rig.redis.stop();
-    let before = rig.ts.request_count();
+    let before = rig.rc.ts.request_count();
     let client = Client::http1();
     for sc in &replicas {
         support::eventually(
@@ -240,7 +223,7 @@ async fn redis_outage_costs_no_request_and_past_expiry_nobody_stampedes() {
         .await;
     }
     assert_eq!(
-        rig.ts.request_count(),
+        rig.rc.ts.request_count(),
         before,
         "token requests while Redis was down"
     );
@@ -258,14 +241,20 @@ async fn redis_outage_costs_no_request_and_past_expiry_nobody_stampedes() {
         .await;
     }
     assert_eq!(
-        rig.ts.successful_logins(),
+        rig.rc.ts.successful_logins(),
         1,
         "recovered without a new session"
     );
-    assert!(rig.ts.stale_refresh_token_uses().is_empty());
-    let ok = rig.ts.requests().iter().filter(|r| r.status == 200).count();
+    assert!(rig.rc.ts.stale_refresh_token_uses().is_empty());
+    let ok = rig
+        .rc
+        .ts
+        .requests()
+        .iter()
+        .filter(|r| r.status == 200)
+        .count();
     assert_eq!(
-        rig.ts.request_count() - before,
+        rig.rc.ts.request_count() - before,
         1,
         "one token request to recover, {ok} ok in all"
     );

@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod metrics;
+pub mod rc;
 pub mod redis;
 pub mod sidecar;
 pub mod tls;
