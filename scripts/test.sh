@@ -31,3 +31,6 @@ cargo clippy --locked --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+
+echo "== Kubernetes manifests and Helm chart"
+./scripts/k8s-validate.sh

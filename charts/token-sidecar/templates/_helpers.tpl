@@ -1,0 +1,334 @@
+{{/*
+Named templates of the token-sidecar chart.
+
+Public, for other charts that list this chart as a dependency and add the sidecar to their own
+pods (see the chart's README). Each takes this chart's scope, `(index .Subcharts "token-sidecar")`
+in the parent chart, or `.` inside this chart:
+
+  token-sidecar.container       the sidecar, one list item for `initContainers:` (native sidecar)
+  token-sidecar.volumes         its volumes, list items for `volumes:`
+  token-sidecar.podAnnotations  a checksum of the config, so that a config change rolls the pods
+  token-sidecar.config          the TOML config (rendered into this chart's ConfigMap)
+  token-sidecar.fullname        the name of the ConfigMap the volumes point at
+
+Everything else here is internal.
+*/}}
+
+{{- define "token-sidecar.name" -}}
+{{- default "token-sidecar" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The base name of every resource: RELEASE-token-sidecar (or the release name when it already
+contains it). It does not depend on .Chart, so it is the same from a parent chart's scope.
+*/}}
+{{- define "token-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "token-sidecar.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "token-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "token-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "token-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "token-sidecar.labels" -}}
+helm.sh/chart: {{ include "token-sidecar.chart" . }}
+{{ include "token-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "token-sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+
+{{- define "token-sidecar.secretName" -}}
+{{- required "existingSecret is required: the name of a Secret holding the credentials (keys client-id, client-secret, jwt, ...); the chart never creates one. See the chart's README." .Values.existingSecret }}
+{{- end }}
+
+{{/* Where the Secret, the config and the state live in the sidecar container. */}}
+{{- define "token-sidecar.secretDir" -}}/var/run/secrets/token-sidecar{{- end }}
+{{- define "token-sidecar.configDir" -}}/etc/token-sidecar{{- end }}
+{{- define "token-sidecar.stateDir" -}}/var/lib/token-sidecar{{- end }}
+
+{{- define "token-sidecar.oauthGrants" -}}
+{{- list "client_credentials" "jwt_bearer" "refresh_token" "password" | toJson }}
+{{- end }}
+
+{{/*
+The Secret keys a token profile reads, as JSON: the grant's defaults, then the profile's
+`secretKeys` (where "" switches a key off). Input: (dict "name" NAME "token" PROFILE).
+*/}}
+{{- define "token-sidecar.profileSecretKeys" -}}
+{{- $t := .token }}
+{{- $grant := $t.grant | default "" }}
+{{- $keys := dict }}
+{{- if has $grant (include "token-sidecar.oauthGrants" . | fromJsonArray) }}
+{{- if not (hasKey $t "client_id") }}
+{{- $_ := set $keys "clientId" "client-id" }}
+{{- end }}
+{{- $_ := set $keys "clientSecret" "client-secret" }}
+{{- end }}
+{{- if eq $grant "jwt_bearer" }}
+{{- $_ := set $keys "assertion" "jwt" }}
+{{- else if eq $grant "refresh_token" }}
+{{- $_ := set $keys "refreshToken" "refresh-token" }}
+{{- else if eq $grant "password" }}
+{{- $_ := set $keys "password" "password" }}
+{{- else if and (eq $grant "file") (not (hasKey $t "token_file")) }}
+{{- $_ := set $keys "token" "token" }}
+{{- else if eq $grant "static" }}
+{{- $_ := set $keys "staticToken" "static-token" }}
+{{- end }}
+{{- range $k, $v := ($t.secretKeys | default dict) }}
+{{- $_ := set $keys $k $v }}
+{{- end }}
+{{- $out := dict }}
+{{- range $k, $v := $keys }}
+{{- if $v }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+The environment variable through which a Secret key reaches the config (${VAR}): PROFILE_WHAT,
+e.g. RC_CLIENT_ID. Input: (dict "name" PROFILE "what" "CLIENT_ID").
+*/}}
+{{- define "token-sidecar.envName" -}}
+{{- $n := printf "%s_%s" (.name | upper | replace "-" "_") .what }}
+{{- if hasPrefix "TOKEN_SIDECAR_" $n }}
+{{- fail (printf "token profile %q: its variable %s would be read as a token-sidecar flag; rename the profile" .name $n) }}
+{{- end }}
+{{- $n }}
+{{- end }}
+
+{{/* A TOML value from a values scalar: strings are JSON-quoted (valid TOML basic strings). */}}
+{{- define "token-sidecar.tomlValue" -}}
+{{- if kindIs "string" . }}{{ toJson . }}
+{{- else if kindIs "bool" . }}{{ ternary "true" "false" . }}
+{{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}{{ int64 . }}
+{{- else }}{{ fail (printf "cannot write %v (%s) into the TOML config" . (kindOf .)) }}
+{{- end }}
+{{- end }}
+
+{{/* The TOML config file. */}}
+{{- define "token-sidecar.config" -}}
+{{- $v := .Values }}
+{{- if not $v.routes }}
+{{- fail "routes: at least one route is required (name, listen, upstream, token)" }}
+{{- end }}
+{{- if not $v.tokens }}
+{{- fail "tokens: at least one token profile is required (tokens.NAME.grant, token_url, ...)" }}
+{{- end }}
+{{- if contains "@" $v.redis.url }}
+{{- fail "redis.url: a URL with credentials must not be written in values; put it in existingSecret and set redis.existingSecretKey" }}
+{{- end }}
+{{- if and $v.redis.url $v.redis.existingSecretKey }}
+{{- fail "redis: set either url (no credentials) or existingSecretKey (the URL from existingSecret), not both" }}
+{{- end }}
+{{- $secretDir := include "token-sidecar.secretDir" . -}}
+# token-sidecar configuration, rendered by the token-sidecar chart from its values.
+# No secret is written here: secrets are files of the Secret {{ include "token-sidecar.secretName" . }}
+# mounted at {{ $secretDir }}/, or ${VARIABLES} set from it.
+{{- range $k := keys $v.config | sortAlpha }}
+{{ $k }} = {{ include "token-sidecar.tomlValue" (index $v.config $k) }}
+{{- end }}
+
+[admin]
+listen = "0.0.0.0:{{ $v.admin.port }}"
+{{- range $r := $v.routes }}
+
+[[route]]
+{{- if hasKey $r "name" }}
+name = {{ include "token-sidecar.tomlValue" $r.name }}
+{{- end }}
+{{- range $k := keys $r | sortAlpha }}
+{{- if ne $k "name" }}
+{{ $k }} = {{ include "token-sidecar.tomlValue" (index $r $k) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $name := keys $v.tokens | sortAlpha }}
+{{- $t := index $v.tokens $name }}
+{{- $secretKeys := include "token-sidecar.profileSecretKeys" (dict "name" $name "token" $t) | fromJson }}
+
+[token.{{ $name }}]
+grant = {{ include "token-sidecar.tomlValue" $t.grant }}
+{{- range $k := keys $t | sortAlpha }}
+{{- if not (has $k (list "grant" "params" "secretKeys" "state_file")) }}
+{{ $k }} = {{ include "token-sidecar.tomlValue" (index $t $k) }}
+{{- end }}
+{{- end }}
+{{- with $t.params }}
+params = { {{- range $i, $k := keys . | sortAlpha }}{{ if $i }},{{ end }} {{ toJson $k }} = {{ index $t.params $k | toString | toJson }}{{ end }} }
+{{- end }}
+{{- with $secretKeys.clientId }}
+client_id = "${ {{- include "token-sidecar.envName" (dict "name" $name "what" "CLIENT_ID") -}} }"
+{{- end }}
+{{- with $secretKeys.clientSecret }}
+client_secret_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.assertion }}
+assertion_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.refreshToken }}
+refresh_token_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.password }}
+password_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.token }}
+token_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.staticToken }}
+static_token = "${ {{- include "token-sidecar.envName" (dict "name" $name "what" "STATIC_TOKEN") -}} }"
+{{- end }}
+{{- if hasKey $t "state_file" }}
+{{- with $t.state_file }}
+state_file = {{ toJson . }}
+{{- end }}
+{{- else if has $t.grant (include "token-sidecar.oauthGrants" $ | fromJsonArray) }}
+state_file = {{ printf "%s/%s.json" (include "token-sidecar.stateDir" $) $name | toJson }}
+{{- end }}
+{{- end }}
+{{- if or $v.redis.url $v.redis.existingSecretKey }}
+
+[shared]
+{{- if $v.redis.existingSecretKey }}
+redis_url = "${REDIS_URL}"
+{{- else }}
+redis_url = {{ toJson $v.redis.url }}
+{{- end }}
+{{- with $v.redis.keyPrefix }}
+key_prefix = {{ toJson . }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The ConfigMap holding the config. */}}
+{{- define "token-sidecar.configMap" -}}
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: {{ include "token-sidecar.fullname" . }}
+  labels:
+    {{- include "token-sidecar.labels" . | nindent 4 }}
+data:
+  config.toml: |
+    {{- include "token-sidecar.config" . | nindent 4 }}
+{{- end }}
+
+{{- define "token-sidecar.podAnnotations" -}}
+checksum/token-sidecar-config: {{ include "token-sidecar.config" . | sha256sum }}
+{{- end }}
+
+{{/*
+The sidecar container: one list item for `initContainers:`. `restartPolicy: Always` makes it a
+native sidecar (Kubernetes 1.29+): started before the app containers, which wait for its
+startupProbe (a token is held), and stopped after them.
+*/}}
+{{- define "token-sidecar.container" -}}
+{{- $v := .Values }}
+{{- $secret := include "token-sidecar.secretName" . -}}
+- name: token-sidecar
+  image: {{ include "token-sidecar.image" . | quote }}
+  imagePullPolicy: {{ $v.image.pullPolicy }}
+  restartPolicy: Always
+  args:
+    - --config
+    - {{ include "token-sidecar.configDir" . }}/config.toml
+  env:
+    - name: TOKEN_SIDECAR_LOG
+      value: {{ $v.logLevel | quote }}
+    {{- range $name := keys $v.tokens | sortAlpha }}
+    {{- $keys := include "token-sidecar.profileSecretKeys" (dict "name" $name "token" (index $v.tokens $name)) | fromJson }}
+    {{- with $keys.clientId }}
+    - name: {{ include "token-sidecar.envName" (dict "name" $name "what" "CLIENT_ID") }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ $secret }}
+          key: {{ . }}
+    {{- end }}
+    {{- with $keys.staticToken }}
+    - name: {{ include "token-sidecar.envName" (dict "name" $name "what" "STATIC_TOKEN") }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ $secret }}
+          key: {{ . }}
+    {{- end }}
+    {{- end }}
+    {{- with $v.redis.existingSecretKey }}
+    - name: REDIS_URL
+      valueFrom:
+        secretKeyRef:
+          name: {{ $secret }}
+          key: {{ . }}
+    {{- end }}
+    {{- with $v.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: metrics
+      containerPort: {{ $v.admin.port }}
+      protocol: TCP
+  startupProbe:
+    httpGet:
+      path: /readyz
+      port: metrics
+    {{- toYaml $v.probes.startup | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: metrics
+    {{- toYaml $v.probes.readiness | nindent 4 }}
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: metrics
+    {{- toYaml $v.probes.liveness | nindent 4 }}
+  securityContext:
+    {{- toYaml $v.securityContext | nindent 4 }}
+  resources:
+    {{- toYaml $v.resources | nindent 4 }}
+  volumeMounts:
+    - name: token-sidecar-config
+      mountPath: {{ include "token-sidecar.configDir" . }}
+      readOnly: true
+    - name: token-sidecar-credentials
+      mountPath: {{ include "token-sidecar.secretDir" . }}
+      readOnly: true
+    - name: token-sidecar-state
+      mountPath: {{ include "token-sidecar.stateDir" . }}
+{{- end }}
+
+{{/* The sidecar's volumes: list items for `volumes:`. */}}
+{{- define "token-sidecar.volumes" -}}
+- name: token-sidecar-config
+  configMap:
+    name: {{ include "token-sidecar.fullname" . }}
+- name: token-sidecar-credentials
+  secret:
+    secretName: {{ include "token-sidecar.secretName" . }}
+    defaultMode: {{ .Values.secretFileMode }}
+# The state files (token set, rotated refresh token): in memory, never on the node's disk,
+# kept across restarts of the sidecar container.
+- name: token-sidecar-state
+  emptyDir:
+    medium: Memory
+    sizeLimit: 1Mi
+{{- end }}

@@ -1,0 +1,449 @@
+#!/usr/bin/env python3
+"""Assertions on the Kubernetes manifests rendered by scripts/k8s-validate.sh.
+
+    python3 scripts/k8s_checks.py RENDER_DIR [--binary PATH/TO/token-sidecar]
+
+RENDER_DIR, written by k8s-validate.sh, holds:
+  variants/NAME.yaml     one rendering (kustomize or helm) per variant listed in VARIANTS
+  negative/NAME.rc|.out  renderings that must fail (secrets passed through values)
+  fakes.json             the fake secret values fed to the fake-secret renderings
+
+Every variant's sidecar, probes, security context, resources, config (only *_file paths and
+${VAR} for secrets), Secrets, ServiceMonitor and NetworkPolicy are checked; with --binary, each
+rendered config.toml is also validated by `token-sidecar check`, with temporary files standing
+in for the mounted Secret. One line per check, then "N passed, M failed"; exit 1 on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+from pathlib import Path
+
+import yaml
+
+# What each rendering must contain. `secrets`: "placeholders" (an example Secret whose values
+# all contain PLACEHOLDER), "none" (no Secret at all), "fake" (the user's own Secret, with
+# the fake values, and those values nowhere else).
+VARIANTS = {
+    "deploy-base": dict(secrets="placeholders", service_monitor=True, network_policy=True, redis=False),
+    "deploy-redis": dict(secrets="placeholders", service_monitor=True, network_policy=True, redis=True),
+    "deploy-user-secret": dict(secrets="fake", service_monitor=True, network_policy=True, redis=False),
+    "deploy-redis-user-secret": dict(secrets="fake", service_monitor=True, network_policy=True, redis=True),
+    "deploy-no-example-secret": dict(secrets="none", service_monitor=True, network_policy=True, redis=False),
+    "chart-ringcentral-jwt": dict(secrets="none", service_monitor=True, network_policy=True, redis=False),
+    "chart-redis": dict(secrets="none", service_monitor=False, network_policy=True, redis=True),
+    "chart-all-grants": dict(secrets="none", service_monitor=False, network_policy=False, redis=True),
+    "chart-parent": dict(secrets="none", service_monitor=False, network_policy=False, redis=False),
+}
+
+# Renderings that must be refused: each passes a fake secret the way a user might try to.
+NEGATIVE = {
+    "chart-client-secret-in-values": "a client secret in tokens.NAME.client_secret",
+    "chart-jwt-in-values": "a JWT in tokens.NAME.assertion",
+    "chart-password-in-values": "a password in tokens.NAME.password",
+    "chart-static-token-in-values": "a token in tokens.NAME.static_token",
+    "chart-redis-password-in-url": "a Redis password in redis.url",
+    "chart-without-existing-secret": "no existingSecret",
+}
+
+SIDECAR = "token-sidecar"
+ADMIN_PORT = 9090
+CONFIG_PATH = "/etc/token-sidecar/config.toml"
+UID = 65532
+# Keys of a [token.NAME] table that hold a secret themselves.
+SECRET_VALUE_KEYS = {"client_secret", "assertion", "password", "static_token", "refresh_token"}
+# Keys naming a file that holds a secret.
+SECRET_FILE_KEYS = {"client_secret_file", "assertion_file", "refresh_token_file", "password_file", "token_file"}
+ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed = 0
+
+    def check(self, name: str, ok: bool, detail: str = "") -> bool:
+        if ok:
+            self.passed += 1
+            print(f"ok   {name}")
+        else:
+            self.failed += 1
+            print(f"FAIL {name}" + (f": {detail}" if detail else ""))
+        return ok
+
+
+def load_docs(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def pod_workloads(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d.get("kind") in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def find_container(containers: list[dict] | None, name: str) -> dict | None:
+    return next((c for c in containers or [] if c.get("name") == name), None)
+
+
+def effective_security(pod: dict, c: dict) -> dict:
+    """The container's security settings, falling back to the pod's where Kubernetes does."""
+    pod_sc = pod.get("securityContext") or {}
+    sc = c.get("securityContext") or {}
+    eff = {k: pod_sc[k] for k in ("runAsNonRoot", "runAsUser", "runAsGroup", "seccompProfile") if k in pod_sc}
+    eff.update(sc)
+    return eff
+
+
+def admin_port_ok(port, c: dict) -> bool:
+    """Whether a probe or endpoint port names the sidecar's admin port (by name or number)."""
+    for p in c.get("ports") or []:
+        if p.get("containerPort") == ADMIN_PORT and port in (p.get("name"), ADMIN_PORT):
+            return True
+    return False
+
+
+def http_probe(c: dict, kind: str) -> dict:
+    return ((c.get(kind) or {}).get("httpGet")) or {}
+
+
+def mounts_by_path(c: dict, pod: dict) -> dict[str, tuple[dict, dict]]:
+    volumes = {v["name"]: v for v in pod.get("volumes") or []}
+    return {m["mountPath"].rstrip("/"): (m, volumes.get(m["name"], {})) for m in c.get("volumeMounts") or []}
+
+
+def mount_for(path: str, mounts: dict[str, tuple[dict, dict]]) -> tuple[str, dict, dict] | None:
+    best = None
+    for mp, (m, v) in mounts.items():
+        if path.startswith(mp + "/") and (best is None or len(mp) > len(best[0])):
+            best = (mp, m, v)
+    return best
+
+
+def env_refs(value) -> list[str]:
+    """The ${VAR} names in the string values of a parsed config."""
+    if isinstance(value, dict):
+        return [r for v in value.values() for r in env_refs(v)]
+    if isinstance(value, list):
+        return [r for v in value for r in env_refs(v)]
+    if isinstance(value, str):
+        return re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
+    return []
+
+
+def secret_values(doc: dict) -> dict[str, str]:
+    out = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+    out.update({k: str(v) for k, v in (doc.get("stringData") or {}).items()})
+    return out
+
+
+def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, binary: str | None) -> None:
+    docs = load_docs(path)
+    raw = path.read_text()
+    p = f"[{name}]"
+    ck.check(f"{p} renders documents ({len(docs)})", len(docs) > 0)
+
+    by_kind: dict[str, list[dict]] = {}
+    for d in docs:
+        by_kind.setdefault(d.get("kind", "?"), []).append(d)
+    workloads = [w for w in pod_workloads(docs)
+                 if find_container(w["spec"]["template"]["spec"].get("initContainers"), SIDECAR)
+                 or find_container(w["spec"]["template"]["spec"].get("containers"), SIDECAR)]
+    if not ck.check(f"{p} a workload runs the token-sidecar container", len(workloads) == 1,
+                    f"found {len(workloads)}"):
+        return
+    w = workloads[0]
+    pod = w["spec"]["template"]["spec"]
+    pod_labels = w["spec"]["template"]["metadata"].get("labels") or {}
+    c = find_container(pod.get("initContainers"), SIDECAR)
+
+    # Native sidecar.
+    ck.check(f"{p} sidecar is an init container with restartPolicy: Always",
+             c is not None and c.get("restartPolicy") == "Always"
+             and find_container(pod.get("containers"), SIDECAR) is None)
+    if c is None:
+        return
+    app_containers = pod.get("containers") or []
+    ck.check(f"{p} an app container runs beside the sidecar", len(app_containers) >= 1)
+
+    # Admin port and probes.
+    ck.check(f"{p} admin port {ADMIN_PORT} is a named container port (metrics/admin)",
+             any(pp.get("containerPort") == ADMIN_PORT and pp.get("name") in ("metrics", "admin")
+                 for pp in c.get("ports") or []))
+    for kind, want in (("startupProbe", "/readyz"), ("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+        g = http_probe(c, kind)
+        ck.check(f"{p} {kind} is GET {want} on the admin port",
+                 g.get("path") == want and admin_port_ok(g.get("port"), c), json.dumps(g))
+
+    # Security.
+    for cont, label in [(c, "sidecar")] + [(a, f"container {a['name']}") for a in app_containers]:
+        sc = effective_security(pod, cont)
+        caps = sc.get("capabilities") or {}
+        problems = []
+        if sc.get("runAsNonRoot") is not True:
+            problems.append("runAsNonRoot")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append("readOnlyRootFilesystem")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append("allowPrivilegeEscalation")
+        if "ALL" not in (caps.get("drop") or []) or caps.get("add"):
+            problems.append("capabilities drop ALL, add none")
+        if (sc.get("seccompProfile") or {}).get("type") != "RuntimeDefault":
+            problems.append("seccompProfile RuntimeDefault")
+        if sc.get("privileged"):
+            problems.append("privileged")
+        if cont is c and sc.get("runAsUser") != UID:
+            problems.append(f"runAsUser {UID}")
+        user = f"non-root ({UID})" if cont is c else "non-root"
+        ck.check(f"{p} {label}: {user}, read-only root, no privilege escalation, no capabilities, "
+                 "seccomp RuntimeDefault",
+                 not problems, "missing: " + ", ".join(problems))
+    ck.check(f"{p} pod: no host namespaces, no service account token",
+             not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC"))
+             and pod.get("automountServiceAccountToken") is False)
+
+    # Resources.
+    res = c.get("resources") or {}
+    req, lim = res.get("requests") or {}, res.get("limits") or {}
+    ck.check(f"{p} sidecar requests cpu+memory and limits cpu+memory",
+             {"cpu", "memory"} <= set(req) and {"cpu", "memory"} <= set(lim), json.dumps(res))
+    ck.check(f"{p} every container has requests and a memory limit",
+             all((a.get("resources") or {}).get("requests") and "memory" in ((a.get("resources") or {}).get("limits") or {})
+                 for a in app_containers))
+
+    # The config: mounted from a ConfigMap of this rendering.
+    args = c.get("args") or []
+    mounts = mounts_by_path(c, pod)
+    ck.check(f"{p} sidecar runs with --config {CONFIG_PATH}",
+             any(args[i] == "--config" and args[i + 1] == CONFIG_PATH for i in range(len(args) - 1))
+             or f"--config={CONFIG_PATH}" in args, json.dumps(args))
+    found = mount_for(CONFIG_PATH, mounts)
+    cm_name = (found[2].get("configMap") or {}).get("name") if found else None
+    cm = next((d for d in by_kind.get("ConfigMap", []) if d["metadata"]["name"] == cm_name), None)
+    if not ck.check(f"{p} config.toml comes from a rendered ConfigMap mounted read-only",
+                    cm is not None and "config.toml" in (cm.get("data") or {}) and found[1].get("readOnly") is True,
+                    f"configMap {cm_name!r}"):
+        return
+    text = cm["data"]["config.toml"]
+    try:
+        cfg = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        ck.check(f"{p} config.toml is valid TOML", False, str(e))
+        return
+    ck.check(f"{p} config.toml is valid TOML", True)
+
+    admin = (cfg.get("admin") or {}).get("listen", f"0.0.0.0:{ADMIN_PORT}")
+    ck.check(f"{p} config: admin listens on 0.0.0.0:{ADMIN_PORT} (the probed port)", admin == f"0.0.0.0:{ADMIN_PORT}", admin)
+    routes = cfg.get("route") or []
+    ck.check(f"{p} config: every route listens on loopback only",
+             bool(routes) and all(str(r.get("listen", "127.0.0.1:8080")).startswith(("127.", "[::1]")) for r in routes),
+             json.dumps([r.get("listen") for r in routes]))
+
+    env = {e["name"]: e for e in c.get("env") or []}
+    secret_volumes = {mp: v for mp, (m, v) in mounts.items() if "secret" in v}
+    tokens = cfg.get("token") or {}
+    literal, bad_files, bad_vars, bad_state = [], [], [], []
+    for tname, t in tokens.items():
+        for k, v in t.items():
+            where = f"token.{tname}.{k}"
+            if k in SECRET_VALUE_KEYS and not ENV_REF.match(str(v)):
+                literal.append(where)
+            if k in SECRET_FILE_KEYS:
+                m = mount_for(str(v), mounts)
+                if m is None or "secret" not in m[2] or m[1].get("readOnly") is not True:
+                    bad_files.append(f"{where}={v}")
+            if k == "state_file":
+                m = mount_for(str(v), mounts)
+                if m is None or "emptyDir" not in m[2] or m[1].get("readOnly"):
+                    bad_state.append(f"{where}={v}")
+    shared = cfg.get("shared") or {}
+    redis_url = shared.get("redis_url")
+    if redis_url is not None and not ENV_REF.match(redis_url) and "@" in redis_url:
+        literal.append("shared.redis_url (credentials)")
+    ck.check(f"{p} config: no secret value, only *_file paths and ${{VAR}}", not literal, ", ".join(literal))
+    ck.check(f"{p} config: every secret file is in a Secret volume mounted read-only", not bad_files, ", ".join(bad_files))
+    ck.check(f"{p} config: state files are on a writable emptyDir (the root filesystem is read-only)",
+             not bad_state, ", ".join(bad_state))
+
+    # ${VAR}: defined in the sidecar's environment; secrets ones from a Secret.
+    refs = set(env_refs(cfg))
+    for var in sorted(refs):
+        e = env.get(var)
+        from_secret = bool(e and ((e.get("valueFrom") or {}).get("secretKeyRef")))
+        if not from_secret:
+            bad_vars.append(var)
+    ck.check(f"{p} config: every ${{VAR}} is set from a Secret (secretKeyRef) in the sidecar's env",
+             not bad_vars, "not from a Secret: " + ", ".join(bad_vars))
+
+    # Secret files readable by uid/gid 65532.
+    unreadable = []
+    for mp, v in secret_volumes.items():
+        mode = v["secret"].get("defaultMode", 0o644)
+        if not (mode & 0o004 or (mode & 0o040 and (pod.get("securityContext") or {}).get("fsGroup") is not None)):
+            unreadable.append(f"{mp} mode {oct(mode)}")
+    ck.check(f"{p} the mounted Secret is readable by the sidecar (mode/fsGroup) and not writable",
+             not unreadable and all(not (v["secret"].get("defaultMode", 0o644) & 0o222) for v in secret_volumes.values()),
+             ", ".join(unreadable))
+
+    # Redis mode.
+    if exp["redis"]:
+        ref = ENV_REF.match(redis_url or "")
+        ck.check(f"{p} redis: [shared] redis_url is ${{VAR}} from a Secret, or a URL without credentials",
+                 redis_url is not None and (ref.group(1) not in bad_vars if ref else "@" not in redis_url),
+                 str(redis_url))
+        ck.check(f"{p} redis: more than one replica", (w["spec"].get("replicas") or 1) > 1)
+    else:
+        ck.check(f"{p} no shared store configured", "shared" not in cfg)
+
+    # Secrets.
+    secrets = by_kind.get("Secret", [])
+    fake_values = [v for v in fakes.values()]
+    if exp["secrets"] == "placeholders":
+        bad = [f"{s['metadata']['name']}/{k}" for s in secrets for k, v in secret_values(s).items() if "PLACEHOLDER" not in v]
+        ck.check(f"{p} the example Secret holds PLACEHOLDER values only", bool(secrets) and not bad, ", ".join(bad))
+    elif exp["secrets"] == "none":
+        ck.check(f"{p} no Secret is rendered", not secrets, ", ".join(s["metadata"]["name"] for s in secrets))
+    elif exp["secrets"] == "fake":
+        vals = [v for s in secrets for v in secret_values(s).values()]
+        ck.check(f"{p} the user's Secret holds the user's values", bool(secrets) and all("PLACEHOLDER" not in v for v in vals)
+                 and any(f in vals for f in fake_values))
+    # No secret value anywhere but in a Secret: raw, base64, or inside a URL.
+    outside = yaml.safe_dump_all([d for d in docs if d.get("kind") != "Secret"])
+    leaks = []
+    for key, v in fakes.items():
+        for form in (v, base64.b64encode(v.encode()).decode()):
+            if form in outside:
+                leaks.append(key)
+    leaks += [k for k, v in fakes.items() if exp["secrets"] != "fake" and v in raw]
+    ck.check(f"{p} no secret value appears outside a Secret (raw or base64)", not leaks, ", ".join(sorted(set(leaks))))
+
+    # Service + ServiceMonitor.
+    sms = by_kind.get("ServiceMonitor", [])
+    if exp["service_monitor"]:
+        ok = len(sms) == 1
+        detail = f"{len(sms)} ServiceMonitor(s)"
+        if ok:
+            sm = sms[0]
+            ep = (sm["spec"].get("endpoints") or [{}])[0]
+            sel = (sm["spec"].get("selector") or {}).get("matchLabels") or {}
+            svcs = [s for s in by_kind.get("Service", [])
+                    if sel and all((s["metadata"].get("labels") or {}).get(k) == v for k, v in sel.items())]
+            svc_ok = any(
+                all(pod_labels.get(k) == v for k, v in (s["spec"].get("selector") or {}).items())
+                and any(pp.get("name") == ep.get("port") and pp.get("targetPort") in ("metrics", "admin", ADMIN_PORT)
+                        for pp in s["spec"].get("ports") or [])
+                for s in svcs)
+            ok = (sm.get("apiVersion") == "monitoring.coreos.com/v1" and ep.get("path", "/metrics") == "/metrics"
+                  and ep.get("port") in ("metrics", "admin") and svc_ok)
+            detail = f"endpoint {ep}, services {[s['metadata']['name'] for s in svcs]}"
+        ck.check(f"{p} ServiceMonitor scrapes /metrics on the admin port through a Service selecting the pods", ok, detail)
+    else:
+        ck.check(f"{p} no ServiceMonitor (not enabled)", not sms)
+
+    # NetworkPolicy.
+    nps = by_kind.get("NetworkPolicy", [])
+    if exp["network_policy"]:
+        ok, detail = False, f"{len(nps)} NetworkPolicy(ies)"
+        if len(nps) == 1:
+            spec = nps[0]["spec"]
+            selects = all(pod_labels.get(k) == v for k, v in ((spec.get("podSelector") or {}).get("matchLabels") or {}).items())
+            in_ports = [pp.get("port") for r in spec.get("ingress") or [] for pp in r.get("ports") or []]
+            out_ports = {pp.get("port") for r in spec.get("egress") or [] for pp in r.get("ports") or []}
+            ingress_ok = bool(in_ports) and all(admin_port_ok(pp, c) for pp in in_ports) and all(
+                r.get("from") for r in spec.get("ingress") or [])
+            want = {53, 443} | ({6379} if exp["redis"] else set())
+            ok = (selects and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"} and ingress_ok
+                  and want <= out_ports and (exp["redis"] or 6379 not in out_ports))
+            detail = f"ingress ports {in_ports}, egress ports {sorted(map(str, out_ports))}"
+        ck.check(f"{p} NetworkPolicy: ingress to the admin port only, egress DNS + 443"
+                 + (" + Redis 6379" if exp["redis"] else ""), ok, detail)
+    else:
+        ck.check(f"{p} no NetworkPolicy (not enabled)", not nps)
+
+    # The real binary accepts the rendered config.
+    if binary:
+        check_with_binary(ck, p, text, tokens, mounts, env, secrets, fakes, binary)
+
+
+def check_with_binary(ck: Checks, p: str, text: str, tokens: dict, mounts: dict, env: dict,
+                      secrets: list[dict], fakes: dict, binary: str) -> None:
+    """`token-sidecar check` on the config, with the mounted paths moved into a temporary dir
+    holding stand-in files, and the ${VAR}s set from stand-in Secret values."""
+    provided = {}
+    for s in secrets:
+        provided.update(secret_values(s))
+    # The user's Secret is not part of a chart's rendering: use the documented keys' fakes.
+    for k, v in fakes.items():
+        provided.setdefault(k, v)
+    with tempfile.TemporaryDirectory(prefix="token-sidecar-check-") as tmp:
+        cfg = text
+        for mp, (m, v) in sorted(mounts.items(), key=lambda kv: -len(kv[0])):
+            local = Path(tmp) / mp.strip("/")
+            local.mkdir(parents=True, exist_ok=True)
+            if "secret" in v:
+                for key, val in provided.items():
+                    f = local / key
+                    f.write_text(val)
+                    f.chmod(0o400)
+            cfg = cfg.replace(f'"{mp}/', f'"{local}/')
+        conf = Path(tmp) / "config.toml"
+        conf.write_text(cfg)
+        run_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for name, e in env.items():
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                run_env[name] = provided.get(ref["key"], "")
+            elif "value" in e:
+                run_env[name] = str(e["value"])
+        r = subprocess.run([binary, "check", "--config", str(conf)], env=run_env,
+                           capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        ck.check(f"{p} `token-sidecar check` accepts the rendered config.toml", r.returncode == 0,
+                 out.strip().replace("\n", " | "))
+        # `check` prints client ids (not secrets); nothing else may show.
+        leaked = [k for k, v in fakes.items() if not k.endswith("client-id") and v in out]
+        ck.check(f"{p} `token-sidecar check` prints no secret", not leaked, ", ".join(leaked))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("render_dir", type=Path)
+    ap.add_argument("--binary", help="a token-sidecar binary: validate each config.toml with `check`")
+    a = ap.parse_args()
+    ck = Checks()
+    fakes = json.loads((a.render_dir / "fakes.json").read_text())
+
+    rendered = {f.stem for f in (a.render_dir / "variants").glob("*.yaml")}
+    ck.check("every expected variant was rendered", rendered == set(VARIANTS),
+             f"missing {sorted(set(VARIANTS) - rendered)}, unexpected {sorted(rendered - set(VARIANTS))}")
+    for name, exp in VARIANTS.items():
+        path = a.render_dir / "variants" / f"{name}.yaml"
+        if path.exists():
+            check_variant(ck, name, path, exp, fakes, a.binary)
+
+    for name, what in NEGATIVE.items():
+        rc_file = a.render_dir / "negative" / f"{name}.rc"
+        out_file = a.render_dir / "negative" / f"{name}.out"
+        if not ck.check(f"[{name}] was attempted", rc_file.exists() and out_file.exists()):
+            continue
+        rc = int(rc_file.read_text().strip() or "0")
+        out = out_file.read_text()
+        err_file = a.render_dir / "negative" / f"{name}.err"
+        err = err_file.read_text() if err_file.exists() else ""
+        ck.check(f"[{name}] the chart refuses {what}", rc != 0 and "kind:" not in out, f"exit {rc}")
+        ck.check(f"[{name}] no secret value in its output or error", not any(v in out + err for v in fakes.values()),
+                 err.strip().replace("\n", " | "))
+
+    print(f"{ck.passed} passed, {ck.failed} failed")
+    return 1 if ck.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
