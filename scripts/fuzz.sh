@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes token-sidecar's parsers for a bounded time, target after target.
 #
-#   ./scripts/fuzz.sh [SECONDS_PER_TARGET]      # default 60; CI runs a short version
+#   ./scripts/fuzz.sh [SECONDS_PER_TARGET]      # default 60; e.g. 30 for a short CI run
 #
 # Targets (fuzz/fuzz_targets/, invariants in fuzz/checks.rs):
 #   token_response  the token endpoint's body: parse_success, parse_error, parse_retry_after
@@ -19,7 +19,10 @@
 #
 # Environment: FUZZ_TARGETS="rewrite config_file" runs a subset; FUZZ_SANITIZER=address
 # builds with AddressSanitizer (default none: the crate forbids unsafe code, and without it
-# the fuzzer runs several times faster); CARGO_TARGET_DIR is honoured.
+# the fuzzer runs several times faster); CARGO_TARGET_DIR is honoured;
+# FUZZ_KNOWN_BUGS=name,... skips the invariants of bugs already
+# reported but not yet fixed (the `bug_*` tests in tests/fuzz_regressions.rs), so that a run
+# can look for other ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$(pwd)"

@@ -203,6 +203,9 @@ impl fmt::Display for ConfigErrors {
 
 impl std::error::Error for ConfigErrors {}
 
+/// The longest duration any setting accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Default proxy listener.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listener.
@@ -246,6 +249,14 @@ impl Checker {
         match src {
             None => default,
             Some(s) => match humantime::parse_duration(s.value.trim()) {
+                // Bounded so that no deadline computed from it can overflow.
+                Ok(d) if d > MAX_DURATION => {
+                    self.err(format!(
+                        "{}: `{}` is longer than the maximum of 365 days",
+                        s.key, s.value
+                    ));
+                    default
+                }
                 Ok(d) => d,
                 Err(e) => {
                     self.err(format!(

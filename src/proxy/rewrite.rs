@@ -155,6 +155,11 @@ pub fn check_target(
         }
     }
     let pq = match uri.path_and_query() {
+        // An absolute-form target with an empty path (`http://host?q`): the path is `/`.
+        Some(pq) if pq.as_str().starts_with('?') => {
+            PathAndQuery::try_from(format!("/{}", pq.as_str()))
+                .map_err(|_| TargetError::Malformed)?
+        }
         Some(pq) => pq.clone(),
         None if uri.authority().is_some() => PathAndQuery::from_static("/"),
         None => return Err(TargetError::NotOriginForm),
@@ -279,14 +284,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if present[0] {
         // Headers named in `Connection` (other than the usual `close`/`keep-alive` and the
         // hop-by-hop ones removed below).
+        // Split the raw bytes: one non-ASCII byte must not hide the other names.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .filter(|t| !t.eq_ignore_ascii_case("close") && !t.eq_ignore_ascii_case("keep-alive"))
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
         for name in named {

@@ -366,13 +366,16 @@ impl OAuthClient {
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
 pub fn parse_retry_after(v: &str) -> Option<Duration> {
+    // A server cannot make the sidecar wait longer than a day, however it writes it.
+    const MAX: Duration = Duration::from_secs(24 * 3600);
     let v = v.trim();
     if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs.min(24 * 3600)));
+        return Some(Duration::from_secs(secs).min(MAX));
     }
     httpdate_parse(v).map(|t| {
         t.duration_since(SystemTime::now())
             .unwrap_or(Duration::ZERO)
+            .min(MAX)
     })
 }
 
