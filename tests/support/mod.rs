@@ -5,9 +5,12 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod client;
+pub mod h2raw;
 pub mod metrics;
+pub mod procfs;
 pub mod rc;
 pub mod redis;
+pub mod scripted;
 pub mod sidecar;
 pub mod tls;
 pub mod upstream;

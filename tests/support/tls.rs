@@ -54,3 +54,48 @@ pub fn material() -> TlsMaterial {
         server_config: Arc::new(cfg),
     }
 }
+
+/// A CA and a server configuration whose certificate names only `names` and, with `expired`,
+/// stopped being valid years ago: for upstreams whose certificate must be refused although
+/// its CA is trusted.
+pub fn material_for(names: &[&str], expired: bool) -> TlsMaterial {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "token-sidecar test CA (other)");
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+
+    let mut leaf_params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).unwrap();
+    leaf_params
+        .distinguished_name
+        .push(DnType::CommonName, names.first().copied().unwrap_or("x"));
+    if expired {
+        leaf_params.not_before = rcgen::date_time_ymd(2015, 1, 1);
+        leaf_params.not_after = rcgen::date_time_ymd(2016, 1, 1);
+    }
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![CertificateDer::from(leaf.der().to_vec())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
+        )
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    TlsMaterial {
+        ca_pem: ca.pem(),
+        server_config: Arc::new(cfg),
+    }
+}
