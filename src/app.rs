@@ -239,6 +239,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracker.spawn(server::serve(
             listener,
             builder,
+            rc.header_read_timeout,
             move |_peer| {
                 let route = route.clone();
                 move |req| {
@@ -261,6 +262,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         tracker.spawn(server::serve(
             admin_listener,
             builder,
+            Duration::from_secs(30),
             move |peer| {
                 let shared = shared.clone();
                 move |req| {

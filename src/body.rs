@@ -22,6 +22,8 @@ pub enum Body {
     Incoming(Incoming),
     /// Frames already read from a peer, followed by the rest of the stream.
     Prefixed(VecDeque<Frame<Bytes>>, Incoming),
+    /// A streamed body that says when it has been read to the end (or failed, or was dropped).
+    Watched(Box<Body>, Option<tokio::sync::oneshot::Sender<()>>),
 }
 
 impl Body {
@@ -33,6 +35,20 @@ impl Body {
         } else {
             Body::Full(Some(bytes))
         }
+    }
+}
+
+impl Body {
+    /// Whether the whole body is already in memory (nothing left to stream from a peer).
+    pub fn is_in_memory(&self) -> bool {
+        matches!(self, Body::Empty | Body::Full(_))
+    }
+
+    /// Wraps a streamed body so that the returned receiver completes once it has been read to
+    /// its end (or has failed, or was dropped).
+    pub fn watched(self) -> (Body, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Body::Watched(Box::new(self), Some(tx)), rx)
     }
 }
 
@@ -58,6 +74,15 @@ impl HttpBody for Body {
                 Some(f) => Poll::Ready(Some(Ok(f))),
                 None => Pin::new(rest).poll_frame(cx),
             },
+            Body::Watched(inner, done) => {
+                let polled = Pin::new(inner.as_mut()).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+                    if let Some(tx) = done.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                polled
+            }
         }
     }
 
@@ -67,6 +92,7 @@ impl HttpBody for Body {
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
             Body::Prefixed(c, rest) => c.is_empty() && rest.is_end_stream(),
+            Body::Watched(inner, _) => inner.is_end_stream(),
         }
     }
 
@@ -89,6 +115,7 @@ impl HttpBody for Body {
                 }
                 h
             }
+            Body::Watched(inner, _) => inner.size_hint(),
         }
     }
 }

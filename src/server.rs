@@ -51,12 +51,36 @@ pub fn builder(settings: &ListenerSettings) -> auto::Builder<TokioExecutor> {
     b
 }
 
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Waits, within `limit`, until the client has sent enough to tell HTTP/1 from HTTP/2: a first
+/// byte that is not the HTTP/2 preface's, or the whole preface. hyper's header-read timeout
+/// only starts once the protocol is known, so without this a client that sends nothing (or
+/// dribbles the preface) would hold its connection forever.
+async fn wait_for_protocol(stream: &tokio::net::TcpStream, limit: Duration) -> bool {
+    let known = async {
+        let mut buf = [0u8; 24];
+        loop {
+            match stream.peek(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) if n >= H2_PREFACE.len() || buf[..n] != H2_PREFACE[..n] => return true,
+                // Part of the preface: peek returns at once while bytes are buffered, so
+                // look again shortly for the rest.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(limit, known).await.unwrap_or(false)
+}
+
 /// Serves `listener` until `shutdown` fires, then lets open connections finish their
 /// in-flight requests (bounded by the caller). `make` builds the request handler of each
 /// connection from the peer's address.
 pub async fn serve<M, H, F>(
     listener: TcpListener,
     builder: auto::Builder<TokioExecutor>,
+    first_bytes_timeout: Duration,
     make: M,
     open: IntGauge,
     shutdown: CancellationToken,
@@ -85,13 +109,16 @@ pub async fn serve<M, H, F>(
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler(req).await) }
         });
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn.into_owned());
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
         let open = open.clone();
         open.inc();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!(error = %e, %peer, "connection ended with an error");
+            if wait_for_protocol(&stream, first_bytes_timeout).await {
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::trace!(error = %e, %peer, "connection ended with an error");
+                }
             }
             open.dec();
         });

@@ -294,7 +294,6 @@ async fn upstream_slow_body_streams_through_longer_than_the_upstream_timeout() {
 }
 
 #[tokio::test]
-#[ignore = "BUG: --upstream-timeout also runs while the app is still uploading the request body (src/proxy/mod.rs Route::send)"]
 async fn a_slow_upload_longer_than_the_upstream_timeout_is_not_cut_off() {
     let up = Upstream::start().await;
     let sc = sidecar_for(&up.url(""), &["--upstream-timeout", "500ms"]).await;

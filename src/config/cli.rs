@@ -54,6 +54,28 @@ pub struct DevFlags {
     pub log_format: String,
 }
 
+/// A secret given on the command line or in the environment: `Debug` prints a placeholder.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretArg(pub String);
+
+impl From<String> for SecretArg {
+    fn from(s: String) -> Self {
+        SecretArg(s)
+    }
+}
+
+impl From<&str> for SecretArg {
+    fn from(s: &str) -> Self {
+        SecretArg(s.to_owned())
+    }
+}
+
+impl std::fmt::Debug for SecretArg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// Flags of `run`, `check` and `refresh`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Flags {
@@ -88,7 +110,7 @@ pub struct Flags {
         value_name = "S",
         hide_env_values = true
     )]
-    pub client_secret: Option<String>,
+    pub client_secret: Option<SecretArg>,
     /// File holding the OAuth2 client secret.
     #[arg(long, env = "TOKEN_SIDECAR_CLIENT_SECRET_FILE", value_name = "FILE")]
     pub client_secret_file: Option<PathBuf>,
@@ -128,7 +150,7 @@ pub struct Flags {
         value_name = "T",
         hide_env_values = true
     )]
-    pub static_token: Option<String>,
+    pub static_token: Option<SecretArg>,
     /// Refresh this long before expiry, jittered [default: max(60s, 10% of the lifetime)].
     #[arg(long, env = "TOKEN_SIDECAR_REFRESH_MARGIN", value_name = "DURATION")]
     pub refresh_margin: Option<String>,
@@ -155,7 +177,7 @@ pub struct Flags {
         value_name = "URL",
         hide_env_values = true
     )]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<SecretArg>,
     /// Header the token is written to [default: Authorization].
     #[arg(long, env = "TOKEN_SIDECAR_HEADER", value_name = "NAME")]
     pub header: Option<String>,

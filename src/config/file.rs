@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-/// The file as written. Every field is optional here; [`super::load`] checks them.
-#[derive(Debug, Default, Deserialize)]
+/// The file as written. Every field is optional here; [`super::load`] checks them. No `Debug`:
+/// it holds secrets.
+#[derive(Default, Deserialize)]
 pub struct RawFile {
     pub admin: Option<RawAdmin>,
     #[serde(default)]
@@ -26,7 +27,7 @@ pub struct RawAdmin {
     pub listen: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct RawShared {
     pub redis_url: Option<String>,
     pub key_prefix: Option<String>,
@@ -49,7 +50,7 @@ pub struct RawRoute {
     pub max_request_header_bytes: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Default, Deserialize)]
 pub struct RawToken {
     pub grant: Option<String>,
     pub token_url: Option<String>,

@@ -346,6 +346,10 @@ fn path_str(p: &Option<PathBuf>) -> Option<String> {
     p.as_ref().map(|p| p.display().to_string())
 }
 
+fn secret_str(v: &Option<cli::SecretArg>) -> Option<String> {
+    v.as_ref().map(|s| s.0.clone())
+}
+
 fn u64_str(v: &Option<u64>) -> Option<String> {
     v.map(|n| n.to_string())
 }
@@ -451,7 +455,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     let shared = {
         let raw_shared = raw.shared.unwrap_or_default();
         let url = pick(
-            &flags.redis_url,
+            &secret_str(&flags.redis_url),
             "redis-url",
             &raw_shared.redis_url,
             "shared.redis_url",
@@ -502,7 +506,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         let client_id = pick(&f.client_id, "client-id", &t.client_id, &k("client_id"));
         let client_secret = c.secret(
             pick(
-                &f.client_secret,
+                &secret_str(&f.client_secret),
                 "client-secret",
                 &t.client_secret,
                 &k("client_secret"),
@@ -653,7 +657,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 }
             }
             "static" => match pick(
-                &f.static_token,
+                &secret_str(&f.static_token),
                 "static-token",
                 &t.static_token,
                 &k("static_token"),

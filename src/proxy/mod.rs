@@ -264,10 +264,30 @@ impl Route {
         client: &UpstreamClient,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, Response<Body>> {
-        match tokio::time::timeout(self.upstream_timeout, client.request(req)).await {
+        // The upstream's time to answer starts once the app's body has been sent: a slow
+        // upload is not an upstream timeout.
+        let (req, body_sent) =
+            if http_body::Body::is_end_stream(req.body()) || req.body().is_in_memory() {
+                (req, None)
+            } else {
+                let (parts, body) = req.into_parts();
+                let (body, sent) = body.watched();
+                (Request::from_parts(parts, body), Some(sent))
+            };
+        let deadline = async {
+            if let Some(sent) = body_sent {
+                let _ = sent.await;
+            }
+            tokio::time::sleep(self.upstream_timeout).await;
+        };
+        let result = tokio::select! {
+            r = client.request(req) => Ok(r),
+            () = deadline => Err(()),
+        };
+        match result {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(self.upstream_failure(&e)),
-            Err(_) => {
+            Err(()) => {
                 self.metrics.upstream_error("timeout");
                 tracing::warn!(route = %self.name, timeout = ?self.upstream_timeout, "upstream did not answer in time");
                 Err(self.reject(
@@ -310,6 +330,10 @@ impl Route {
 
     fn upstream_failure(&self, err: &hyper_util::client::legacy::Error) -> Response<Body> {
         let (kind, label, message) = classify(err);
+        if kind == ErrorKind::BadRequest {
+            tracing::debug!(route = %self.name, error = %ErrorChain(err), "the app's request body failed");
+            return self.reject(kind, message);
+        }
         self.metrics.upstream_error(label);
         tracing::warn!(
             route = %self.name,
@@ -338,6 +362,21 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
 
 /// Maps a client error to the response kind, the metric label and the client-facing sentence.
 fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorKind, &'static str, &'static str) {
+    // The app's own request body failed (a malformed chunk, a dropped upload): the app's
+    // fault, not the upstream's.
+    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = source {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return (
+                ErrorKind::BadRequest,
+                "request_body",
+                "The request body could not be read.",
+            );
+        }
+        source = e.source();
+    }
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);
     let mut timed_out = false;
     while let Some(e) = source {

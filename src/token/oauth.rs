@@ -263,6 +263,13 @@ impl OAuthClient {
     /// Sends one token request and parses the answer.
     pub async fn request(&self, grant: GrantRequest<'_>) -> Result<TokenSet, OAuthError> {
         let (fields, use_basic) = self.form(&grant)?;
+        // Every credential this request carries, to scrub from whatever the server answers: some
+        // servers echo the submitted form in their error descriptions.
+        let mut sent_secrets: Vec<String> = fields
+            .iter()
+            .filter(|(k, _)| SECRET_FIELDS.contains(k))
+            .map(|(_, v)| v.clone())
+            .collect();
         let body = {
             let mut ser = form_urlencoded::Serializer::new(String::new());
             for (k, v) in &fields {
@@ -301,6 +308,8 @@ impl OAuthClient {
                 enc(id),
                 enc(&secret)
             ));
+            sent_secrets.push(secret.clone());
+            sent_secrets.push(creds.clone());
             let mut hv = HeaderValue::from_str(&format!("Basic {creds}")).map_err(|_| {
                 OAuthError::Credentials("client credentials hold invalid characters".into())
             })?;
@@ -352,7 +361,8 @@ impl OAuthClient {
                 ))
             })??;
         if status == StatusCode::OK {
-            return parse_success(&body, started, self.cfg.default_lifetime);
+            return parse_success(&body, started, self.cfg.default_lifetime)
+                .map_err(|e| e.scrub(&sent_secrets));
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
             return Err(OAuthError::Throttled {
@@ -360,7 +370,48 @@ impl OAuthClient {
                 retry_after,
             });
         }
-        Err(parse_error(status, &body))
+        Err(parse_error(status, &body).scrub(&sent_secrets))
+    }
+}
+
+/// Form fields whose values are credentials.
+const SECRET_FIELDS: [&str; 4] = ["assertion", "refresh_token", "password", "client_secret"];
+
+/// Replaces every occurrence of each secret (as sent, and form-encoded) in `text`.
+fn scrub_text(text: &str, secrets: &[String]) -> String {
+    let mut out = text.to_owned();
+    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+        let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
+        for form in [secret.as_str(), encoded.as_str()] {
+            if out.contains(form) {
+                out = out.replace(form, "<redacted>");
+            }
+        }
+    }
+    out
+}
+
+impl OAuthError {
+    /// The same error with every given credential removed from its texts.
+    pub fn scrub(self, secrets: &[String]) -> Self {
+        let s = |t: String| scrub_text(&t, secrets);
+        match self {
+            OAuthError::Endpoint {
+                status,
+                error,
+                description,
+                codes,
+            } => OAuthError::Endpoint {
+                status,
+                error: s(error),
+                description: description.map(s),
+                codes: codes.into_iter().map(s).collect(),
+            },
+            OAuthError::Malformed(t) => OAuthError::Malformed(s(t)),
+            OAuthError::Transport(t) => OAuthError::Transport(s(t)),
+            OAuthError::Credentials(t) => OAuthError::Credentials(s(t)),
+            other => other,
+        }
     }
 }
 
@@ -416,6 +467,7 @@ pub fn parse_success(
         .as_object()
         .ok_or_else(|| OAuthError::Malformed("not a JSON object".into()))?;
     if let Some(err) = obj.get("error").and_then(Value::as_str) {
+        let err: String = err.chars().take(200).collect();
         return Err(OAuthError::Malformed(format!(
             "a 200 carrying an error ({err})"
         )));
