@@ -34,3 +34,9 @@ cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
 
 echo "== Kubernetes manifests and Helm chart"
 ./scripts/k8s-validate.sh
+
+# The long runs, shortened: fuzzing (default 60 s per target) and the soak (default 300 s).
+echo "== fuzzing, ${FUZZ_SECONDS:-15} s per target"
+./scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
+echo "== soak, ${SOAK_SECONDS:-30} s"
+./scripts/soak.sh "${SOAK_SECONDS:-30}"
