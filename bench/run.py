@@ -1,0 +1,1145 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark: token-sidecar vs nginx vs HAProxy, each with ONE worker.
+
+    python3 bench/run.py                      # defaults: every variant, 3 rounds of 10 s
+    python3 bench/run.py --quick              # smoke test, well under 2 minutes
+    python3 bench/run.py --variants get,h2 --rounds 5 --duration 15
+
+Starts a fixed upstream (nginx, one worker, answering a small 200 that echoes the
+Authorization header; HTTP and HTTPS with a CA made at run time), then the three proxies doing
+the same job (inject `Authorization: Bearer abc`, forward with upstream keep-alive). It checks
+that each one injects the header, then measures them interleaved (A B C A B C ...) after a
+warm-up, with wrk (HTTP/1.1) and h2load (h2c from the app). Per run it records req/s, latency
+p50/p99/p99.9, the proxy's CPU time per request (utime+stime of the proxy's processes) and its
+peak RSS (VmRSS sampled every 100 ms). Prints a table per variant with the ratios, and writes
+bench/results/latest.json. Method and results: docs/benchmarks.md.
+
+The token-sidecar binary is $SIDECAR_BIN, or else `cargo build --release` is run and
+target/release/token-sidecar used. Missing tools are installed with apt-get (root or sudo).
+Python standard library only; Linux only (/proc).
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CONF = HERE / "conf"
+LUA = HERE / "report.lua"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+SIDECAR, NGINX, HAPROXY, DIRECT = "token-sidecar", "nginx", "haproxy", "upstream-direct"
+PROXIES = [SIDECAR, HAPROXY, NGINX]
+
+# tool -> Debian package
+TOOLS = {
+    "wrk": "wrk",
+    "nginx": "nginx-light",
+    "haproxy": "haproxy",
+    "h2load": "nghttp2-client",
+    "openssl": "openssl",
+    "curl": "curl",
+}
+
+VARIANTS = {
+    "get": dict(desc="keep-alive GET, small response (wrk -t2 -c64)",
+                tool="wrk", threads=2, conns=64, body=0, path="/", direct_baseline=True),
+    "post-1k": dict(desc="keep-alive POST, 1 KiB body (wrk -t2 -c64)",
+                    tool="wrk", threads=2, conns=64, body=1024, path="/post"),
+    "post-1m": dict(desc="keep-alive POST, 1 MiB body (wrk -t2 -c8)",
+                    tool="wrk", threads=2, conns=8, body=1 << 20, path="/post"),
+    "c1000": dict(desc="keep-alive GET, 1,000 concurrent connections (wrk -t2 -c1000)",
+                  tool="wrk", threads=2, conns=1000, body=0, path="/"),
+    "https-upstream": dict(desc="keep-alive GET, proxy -> upstream over verified TLS (wrk -t2 -c64)",
+                           tool="wrk", threads=2, conns=64, body=0, path="/", tls_upstream=True),
+    "h2": dict(desc="h2c (prior knowledge) from the app, GET (h2load -t2 -c64 -m10)",
+               tool="h2load", threads=2, conns=64, streams=10, path="/", h2=True),
+    "rotate": dict(desc="keep-alive GET while the token file is replaced every second "
+                        "(token-sidecar --grant file; wrk -t2 -c64)",
+                   tool="wrk", threads=2, conns=64, body=0, path="/rotate", rotate=True,
+                   proxies=[SIDECAR]),
+}
+
+# --------------------------------------------------------------------------------------------
+# child processes: every one is registered so that it is stopped on any exit path
+
+_children = []          # Popen objects still possibly running
+_children_lock = threading.Lock()
+
+
+def log(msg=""):
+    print(msg, flush=True)
+
+
+def die(msg):
+    raise BenchError(msg)
+
+
+class BenchError(Exception):
+    pass
+
+
+def _register(p):
+    with _children_lock:
+        _children.append(p)
+
+
+def _unregister(p):
+    with _children_lock:
+        if p in _children:
+            _children.remove(p)
+
+
+def stop_process(p, grace=5.0):
+    """SIGTERM the process we started (by PID), then SIGKILL its process group if needed."""
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    # Servers run in their own session (pgid == pid): take down any worker left behind.
+    if getattr(p, "_own_group", False):
+        try:
+            os.killpg(p.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if p.poll() is None:
+        try:
+            p.kill()
+        except ProcessLookupError:
+            pass
+        try:
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            pass
+    _unregister(p)
+
+
+def stop_all():
+    with _children_lock:
+        procs = list(reversed(_children))
+    for p in procs:
+        stop_process(p, grace=3.0)
+
+
+def run_cmd(argv, timeout, env=None, check=True, cwd=None):
+    """Runs a short-lived command, time-boxed; returns (rc, stdout, stderr)."""
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         cwd=cwd, text=True, errors="replace")
+    _register(p)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop_process(p, grace=1.0)
+        out, err = p.communicate()
+        raise BenchError(f"timed out after {timeout:.0f}s: {' '.join(map(str, argv))}\n{err[-2000:]}")
+    except BaseException:      # Ctrl-C, SIGTERM: do not leave the load generator running
+        stop_process(p, grace=1.0)
+        raise
+    finally:
+        _unregister(p)
+    if check and p.returncode != 0:
+        raise BenchError(f"exit {p.returncode}: {' '.join(map(str, argv))}\n{(out + err)[-3000:]}")
+    return p.returncode, out, err
+
+
+class Server:
+    """A long-running server started in the foreground as our child, logging to a file."""
+
+    def __init__(self, name, argv, logfile, env=None):
+        self.name, self.argv, self.logfile = name, argv, logfile
+        self._log = open(logfile, "ab")
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc._own_group = True
+        _register(self.proc)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def log_tail(self, n=3000):
+        try:
+            return Path(self.logfile).read_text(errors="replace")[-n:]
+        except OSError:
+            return ""
+
+    def pids(self):
+        """This process and its descendants (nginx: master + worker)."""
+        return [self.pid] + descendants(self.pid)
+
+    def stop(self):
+        stop_process(self.proc)
+        self._log.close()
+
+
+def descendants(pid):
+    parent = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2:].split()[1])
+        parent.setdefault(ppid, []).append(int(d))
+    out, todo = [], [pid]
+    while todo:
+        for c in parent.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        f = stat[stat.rindex(")") + 2:].split()
+        total += int(f[11]) + int(f[12])   # utime, stime (fields 14, 15)
+    return total
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            continue
+    return total
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pids, interval=0.1):
+        super().__init__(daemon=True)
+        self.pids, self.interval = pids, interval
+        self.peak = rss_kib(pids)
+        self._stop_evt = threading.Event()
+
+    def run(self):
+        while not self._stop_evt.wait(self.interval):
+            self.peak = max(self.peak, rss_kib(self.pids))
+
+    def stop(self):
+        self._stop_evt.set()
+        self.join(timeout=2)
+        self.peak = max(self.peak, rss_kib(self.pids))
+        return self.peak
+
+
+# --------------------------------------------------------------------------------------------
+# setup helpers
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, server, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not server.alive():
+            die(f"{server.name} exited with {server.proc.returncode} before listening on "
+                f"{port}:\n{server.log_tail()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    die(f"{server.name} is not listening on {port} after {timeout:.0f}s:\n{server.log_tail()}")
+
+
+def http(method, url, body=None, timeout=5.0, ctx=None):
+    req = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        req.add_header("Content-Type", "application/octet-stream")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx) as r:
+            return r.status, r.read().decode(errors="replace")
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+
+
+def sudo_prefix():
+    if os.geteuid() == 0:
+        return []
+    if shutil.which("sudo"):
+        return ["sudo", "-n"]
+    return None
+
+
+def ensure_tools():
+    missing = [t for t in TOOLS if not shutil.which(t)]
+    if not missing:
+        return
+    pkgs = sorted({TOOLS[t] for t in missing})
+    pre = sudo_prefix()
+    if pre is None or not shutil.which("apt-get"):
+        die(f"missing tools {missing}; install the packages {pkgs} (apt-get install -y ...)")
+    log(f"installing {' '.join(pkgs)} (missing: {', '.join(missing)}) ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    rc, out, err = run_cmd(pre + ["apt-get", "install", "-y", "--no-install-recommends"] + pkgs,
+                           timeout=900, env=env, check=False)
+    if rc != 0:
+        run_cmd(pre + ["apt-get", "update"], timeout=600, env=env)
+        run_cmd(pre + ["apt-get", "install", "-y", "--no-install-recommends"] + pkgs,
+                timeout=900, env=env)
+    still = [t for t in TOOLS if not shutil.which(t)]
+    if still:
+        die(f"still missing after apt-get: {still}")
+
+
+def raise_nofile(want=65536):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def sidecar_binary():
+    """$SIDECAR_BIN, else cargo build --release. Copied into workdir so a rebuild during the
+    run cannot change the binary under measurement."""
+    src = os.environ.get("SIDECAR_BIN")
+    if src:
+        src = Path(src)
+        if not src.is_file():
+            die(f"SIDECAR_BIN={src} is not a file")
+    else:
+        if not shutil.which("cargo"):
+            die("set SIDECAR_BIN to a token-sidecar release binary, or install a Rust toolchain")
+        log("building: cargo build --release ...")
+        run_cmd(["cargo", "build", "--release", "--locked"], timeout=3600, cwd=REPO)
+        target = Path(os.environ.get("CARGO_TARGET_DIR", REPO / "target"))
+        if not target.is_absolute():
+            target = REPO / target
+        src = target / "release" / "token-sidecar"
+        if not src.is_file():
+            die(f"cargo build did not produce {src}")
+    return str(src)
+
+
+def copy_binary(src, workdir):
+    # Not named token-sidecar: a `pkill -f token-sidecar` elsewhere must not stop the benchmark.
+    dst = Path(workdir) / "sidecar-under-test"
+    shutil.copy2(src, dst)
+    return str(dst)
+
+
+def make_certs(d):
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1, signed by it."""
+    d = Path(d)
+    ossl = lambda *a: run_cmd(["openssl", *map(str, a)], timeout=60)
+    ossl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", d / "ca.key", "-out", d / "ca.pem", "-days", "2", "-subj", "/CN=bench test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE",
+         "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    ossl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", d / "server.key", "-out", d / "server.csr", "-subj", "/CN=localhost")
+    (d / "server.ext").write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature\n"
+        "extendedKeyUsage=serverAuth\n"
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    ossl("x509", "-req", "-in", d / "server.csr", "-CA", d / "ca.pem", "-CAkey", d / "ca.key",
+         "-CAcreateserial", "-out", d / "server.pem", "-days", "2", "-extfile", d / "server.ext")
+    for f in ("ca.pem", "server.pem", "server.key"):
+        os.chmod(d / f, 0o644)
+
+
+def nginx_temp_paths(d, prefix):
+    have = run_cmd(["nginx", "-V"], timeout=10)[2]
+    lines = [f"  client_body_temp_path {d}/{prefix}-body;", f"  proxy_temp_path {d}/{prefix}-proxy;"]
+    for mod in ("fastcgi", "uwsgi", "scgi"):
+        if f"--without-http_{mod}_module" not in have:
+            lines.append(f"  {mod}_temp_path {d}/{prefix}-{mod};")
+    return "\n".join(lines)
+
+
+def render(template, dest, **vars):
+    text = (CONF / template).read_text()
+    for k, v in vars.items():
+        text = text.replace(f"@{k}@", str(v))
+    left = re.findall(r"@[A-Z_]+@", text)
+    if left:
+        die(f"{template}: unfilled {left}")
+    Path(dest).write_text(text)
+    return dest
+
+
+def nginx_server(name, conf, d):
+    return Server(name, ["nginx", "-e", "stderr", "-p", str(d), "-c", str(conf),
+                         "-g", "daemon off;"], Path(d) / f"{name}.log")
+
+
+# --------------------------------------------------------------------------------------------
+# the upstream and the proxies
+
+class Upstream:
+    def __init__(self, d):
+        self.d = Path(d)
+        self.port, self.tls_port = free_port(), free_port()
+        conf = render("upstream.conf", self.d / "upstream.conf", DIR=self.d,
+                      UPSTREAM_PORT=self.port, UPSTREAM_TLS_PORT=self.tls_port,
+                      TEMP_PATHS=nginx_temp_paths(self.d, "upstream"))
+        run_cmd(["nginx", "-e", "stderr", "-t", "-q", "-p", str(self.d), "-c", str(conf)], timeout=20)
+        self.server = nginx_server("upstream", conf, self.d)
+        wait_port(self.port, self.server)
+        wait_port(self.tls_port, self.server)
+        self.tokens_log = self.d / "tokens.log"
+
+    def check(self):
+        st, body = http("GET", f"http://127.0.0.1:{self.port}/")
+        if st != 200 or body.strip() != "auth=":
+            die(f"upstream answers {st} {body!r}")
+        st, body = http("POST", f"http://127.0.0.1:{self.port}/post", body=b"x" * 4096)
+        if st != 200 or body.strip() != "auth=":
+            die(f"upstream POST answers {st} {body!r}")
+
+
+class Proxy:
+    """One proxy instance configured for one variant."""
+
+    def __init__(self, kind, d, upstream, variant, sidecar_bin=None, token_file=None):
+        self.kind, self.d = kind, Path(d)
+        self.port = free_port()
+        self.admin_port = None
+        tls = variant.get("tls_upstream", False)
+        h2 = variant.get("h2", False)
+        up_port = upstream.tls_port if tls else upstream.port
+        ca = self.d / "ca.pem"
+        tag = f"{kind}-{variant['name']}"
+        if kind == SIDECAR:
+            self.admin_port = free_port()
+            argv = [sidecar_bin, "run", "--threads", "1", "--log-format", "text",
+                    "--shutdown-grace", "1s",
+                    "--listen", f"127.0.0.1:{self.port}",
+                    "--admin-listen", f"127.0.0.1:{self.admin_port}",
+                    "--upstream", f"{'https' if tls else 'http'}://127.0.0.1:{up_port}"]
+            if tls:
+                argv += ["--upstream-ca-file", str(ca)]
+            if token_file:
+                argv += ["--grant", "file", "--token-file", str(token_file)]
+            else:
+                argv += ["--grant", "static", "--static-token", "abc"]
+            env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
+            env["TOKEN_SIDECAR_LOG"] = "warn"
+            self.server = Server(tag, argv, self.d / f"{tag}.log", env=env)
+        elif kind == NGINX:
+            up_tls = ""
+            if tls:
+                up_tls = "\n".join([
+                    "      proxy_ssl_verify on;",
+                    f"      proxy_ssl_trusted_certificate {ca};",
+                    "      proxy_ssl_name localhost;",
+                    "      proxy_ssl_server_name on;",
+                    "      proxy_ssl_session_reuse on;",
+                ])
+            conf = render("nginx-proxy.conf", self.d / f"{tag}.conf", DIR=self.d,
+                          LISTEN_PORT=self.port, LISTEN_OPTS=" http2" if h2 else "",
+                          UPSTREAM_PORT=up_port, SCHEME="https" if tls else "http",
+                          UPSTREAM_TLS=up_tls, TEMP_PATHS=nginx_temp_paths(self.d, tag))
+            # one pid file per instance
+            text = Path(conf).read_text().replace("nginx-proxy.pid", f"{tag}.pid")
+            Path(conf).write_text(text)
+            run_cmd(["nginx", "-e", "stderr", "-t", "-q", "-p", str(self.d), "-c", str(conf)], timeout=20)
+            self.server = nginx_server(tag, conf, self.d)
+        elif kind == HAPROXY:
+            server_opts = (f" ssl verify required ca-file {ca} sni str(localhost) verifyhost localhost"
+                           if tls else "")
+            conf = render("haproxy.cfg", self.d / f"{tag}.cfg", LISTEN_PORT=self.port,
+                          BIND_OPTS=" proto h2" if h2 else "", UPSTREAM_PORT=up_port,
+                          SERVER_OPTS=server_opts)
+            run_cmd(["haproxy", "-c", "-q", "-f", str(conf)], timeout=20)
+            self.server = Server(tag, ["haproxy", "-f", str(conf), "-db"], self.d / f"{tag}.log")
+        elif kind == DIRECT:
+            self.server = upstream.server
+            self.port = up_port
+            return
+        else:
+            raise ValueError(kind)
+        wait_port(self.port, self.server)
+        if self.admin_port:
+            self._wait_ready()
+
+    def _wait_ready(self, timeout=15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.server.alive():
+                die(f"{self.kind} exited:\n{self.server.log_tail()}")
+            try:
+                if http("GET", f"http://127.0.0.1:{self.admin_port}/readyz", timeout=1)[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        die(f"{self.kind} not ready after {timeout:.0f}s:\n{self.server.log_tail()}")
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self):
+        return self.server.pids()
+
+    def stop(self):
+        if self.kind != DIRECT:
+            self.server.stop()
+
+
+def check_injection(proxy, variant, expected_token="abc"):
+    """Fails loudly unless a request through the proxy reaches the upstream with the header."""
+    want = f"auth=Bearer {expected_token}"
+    if proxy.kind == DIRECT:
+        want = "auth="
+    path = variant.get("path", "/")
+    if variant.get("h2"):
+        rc, out, err = run_cmd(["curl", "-sS", "--http2-prior-knowledge", "-m", "5",
+                                "-w", "\n%{http_code} %{http_version}", proxy.url + path],
+                               timeout=15, check=False)
+        lines = out.rstrip("\n").split("\n")
+        status_ver = lines[-1].split() if lines else []
+        body = "\n".join(lines[:-1]).strip()
+        if rc != 0 or status_ver != ["200", "2"] or body != want:
+            die(f"{proxy.kind}: h2c GET {path} gave rc={rc} {status_ver} {body!r} {err.strip()}, "
+                f"want 200 over HTTP/2 with {want!r}")
+        return
+    st, body = http("GET", proxy.url + path)
+    if st != 200 or body.strip() != want:
+        die(f"{proxy.kind}: GET {path} answered {st} {body!r}, want 200 {want!r}\n"
+            f"{proxy.server.log_tail()}")
+    if variant.get("body"):
+        n = min(variant["body"], 1 << 20)
+        st, body = http("POST", proxy.url + path, body=b"y" * n, timeout=15)
+        if st != 200 or body.strip() != want:
+            die(f"{proxy.kind}: POST {path} ({n} bytes) answered {st} {body!r}, want 200 {want!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# load generators
+
+def run_wrk(url, variant, duration, d):
+    argv = ["wrk", "-t", str(variant["threads"]), "-c", str(variant["conns"]),
+            "-d", f"{duration}s", "--timeout", "5s", "-s", str(LUA), url, "--",
+            str(variant.get("body", 0)), variant.get("path", "/")]
+    rc, out, err = run_cmd(argv, timeout=duration + 60)
+    m = re.search(r"^BENCHJSON (\{.*\})$", out, re.M)
+    if not m:
+        die(f"no result from wrk:\n{out}\n{err}")
+    r = json.loads(m.group(1))
+    secs = r["duration_us"] / 1e6
+    lat = r["latency_us"]
+    errs = r["errors"]
+    return dict(requests=r["requests"], seconds=secs, rps=r["requests"] / secs,
+                p50_ms=lat["p50"] / 1000, p99_ms=lat["p99"] / 1000, p999_ms=lat["p999"] / 1000,
+                mean_ms=lat["mean"] / 1000, max_ms=lat["max"] / 1000,
+                errors=sum(errs.values()), errors_detail=errs)
+
+
+def _unit_to_ms(v, unit):
+    return float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def percentile(sorted_vals, p):
+    if not sorted_vals:
+        return float("nan")
+    k = math.ceil(p / 100.0 * len(sorted_vals)) - 1   # nearest rank
+    return sorted_vals[max(0, min(len(sorted_vals) - 1, k))]
+
+
+def run_h2load(url, variant, duration, d):
+    logf = Path(d) / "h2load.tsv"
+    if logf.exists():
+        logf.unlink()
+    argv = ["h2load", "-t", str(variant["threads"]), "-c", str(variant["conns"]),
+            "-m", str(variant["streams"]), "-D", str(duration), "--log-file", str(logf),
+            url + variant.get("path", "/")]
+    rc, out, err = run_cmd(argv, timeout=duration + 60)
+    m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
+    mr = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                   r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    ms = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
+    if not (m and mr and ms):
+        die(f"cannot parse h2load output:\n{out}\n{err}")
+    secs = _unit_to_ms(m.group(1), m.group(2)) / 1000
+    total, started, done, ok, failed, errored, timeout = map(int, mr.groups())
+    s2, s3, s4, s5 = map(int, ms.groups())
+    lat = []
+    try:
+        with open(logf) as f:
+            for line in f:
+                parts = line.split("\t")
+                if len(parts) >= 3:
+                    lat.append(int(parts[2]))
+    except OSError:
+        pass
+    lat.sort()
+    mean = (sum(lat) / len(lat) / 1000) if lat else float("nan")
+    return dict(requests=ok, seconds=secs, rps=ok / secs if secs else 0.0,
+                p50_ms=percentile(lat, 50) / 1000, p99_ms=percentile(lat, 99) / 1000,
+                p999_ms=percentile(lat, 99.9) / 1000, mean_ms=mean,
+                max_ms=(lat[-1] / 1000 if lat else float("nan")),
+                errors=failed + errored + timeout + s4 + s5,
+                errors_detail=dict(failed=failed, errored=errored, timeout=timeout,
+                                   status_4xx=s4, status_5xx=s5))
+
+
+def busy_ticks():
+    """CPU time spent by every process on the machine (user + nice + system, all CPUs)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return v[0] + v[1] + v[2]
+
+
+def own_ticks(pids):
+    """CPU time of the benchmark itself: the servers in `pids`, this script and the load
+    generators it has waited for."""
+    t = os.times()
+    return cpu_ticks(pids) + (t.user + t.system + t.children_user + t.children_system) * CLK_TCK
+
+
+def other_cpu_pct(pids, seconds):
+    """Percent of one core used by processes outside the benchmark over `seconds` of idleness."""
+    b0, o0, w0 = busy_ticks(), own_ticks(pids), time.monotonic()
+    time.sleep(seconds)
+    return max(0.0, (busy_ticks() - b0) - (own_ticks(pids) - o0)) / CLK_TCK / (time.monotonic() - w0) * 100
+
+
+def wait_quiet(pids, max_pct, max_wait):
+    """Waits until processes outside the benchmark use less than max_pct% of a core (5 s windows)."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        pct = other_cpu_pct(pids, 5.0)
+        if pct < max_pct:
+            return pct
+        if time.monotonic() > deadline:
+            log(f"  warning: other processes still use {pct:.0f}% of a core; going on")
+            return pct
+        log(f"  waiting: other processes use {pct:.0f}% of a core (want < {max_pct:.0f}%) ...")
+
+
+def measure(proxy, variant, duration, d, upstream):
+    """One run against one proxy: load + CPU time + peak RSS of the proxy's processes, and the
+    CPU used meanwhile by processes outside the benchmark (a busy machine skews the numbers)."""
+    pids = proxy.pids()
+    all_pids = sorted(set(pids) | set(upstream.server.pids()))
+    sampler = RssSampler(pids)
+    t0 = cpu_ticks(pids)
+    b0, o0, w0 = busy_ticks(), own_ticks(all_pids), time.monotonic()
+    sampler.start()
+    try:
+        if variant["tool"] == "h2load":
+            r = run_h2load(proxy.url, variant, duration, d)
+        else:
+            r = run_wrk(proxy.url, variant, duration, d)
+    finally:
+        peak = sampler.stop()
+    cpu_s = (cpu_ticks(pids) - t0) / CLK_TCK
+    other = max(0.0, (busy_ticks() - b0) - (own_ticks(all_pids) - o0))
+    r["cpu_s"] = cpu_s
+    r["cpu_us_per_req"] = cpu_s * 1e6 / r["requests"] if r["requests"] else float("nan")
+    r["peak_rss_mib"] = peak / 1024
+    r["other_cpu_pct"] = other / CLK_TCK / (time.monotonic() - w0) * 100
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# token rotation (the `rotate` variant)
+
+class Rotator(threading.Thread):
+    """Replaces the token file every `interval` seconds: write a temporary file, rename it."""
+
+    def __init__(self, path, interval=1.0):
+        super().__init__(daemon=True)
+        self.path, self.interval = Path(path), interval
+        self.n = 0
+        self.written = []
+        self._stop_evt = threading.Event()
+        self.write()
+
+    def write(self):
+        self.n += 1
+        tok = f"rot{self.n:05d}"
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(tok + "\n")
+        os.replace(tmp, self.path)
+        self.written.append(tok)
+        self.current = tok
+
+    def run(self):
+        while not self._stop_evt.wait(self.interval):
+            self.write()
+
+    def stop(self):
+        self._stop_evt.set()
+        self.join(timeout=3)
+
+
+def tokens_seen(logfile, offset):
+    """Tokens the upstream received since `offset` in its log: (distinct set, requests, new offset)."""
+    try:
+        with open(logfile, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+            end = f.tell()
+    except FileNotFoundError:
+        return set(), 0, offset
+    # only whole lines
+    cut = data.rfind(b"\n") + 1
+    data = data[:cut]
+    lines = data.split(b"\n")[:-1] if data else []
+    return {l.decode(errors="replace") for l in set(lines)}, len(lines), offset + cut
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+# --------------------------------------------------------------------------------------------
+# reporting
+
+def no_nan(x):
+    """NaN is not JSON: write null."""
+    if isinstance(x, float) and x != x:
+        return None
+    if isinstance(x, dict):
+        return {k: no_nan(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [no_nan(v) for v in x]
+    return x
+
+
+def median(xs):
+    xs = [x for x in xs if x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(rounds):
+    return dict(
+        rps=median([r["rps"] for r in rounds]),
+        rps_min=min(r["rps"] for r in rounds),
+        rps_max=max(r["rps"] for r in rounds),
+        p50_ms=median([r["p50_ms"] for r in rounds]),
+        p99_ms=median([r["p99_ms"] for r in rounds]),
+        p999_ms=median([r["p999_ms"] for r in rounds]),
+        cpu_us_per_req=median([r["cpu_us_per_req"] for r in rounds]),
+        peak_rss_mib=max(r["peak_rss_mib"] for r in rounds),
+        requests=sum(r["requests"] for r in rounds),
+        errors=sum(r["errors"] for r in rounds),
+        other_cpu_pct_max=max(r.get("other_cpu_pct", 0.0) for r in rounds),
+    )
+
+
+def fmt(v, nd=2):
+    if v is None or v != v:
+        return "-"
+    return f"{v:,.{nd}f}"
+
+
+def table(variant_name, res):
+    cols = ["proxy", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/req",
+            "peak RSS MiB", "idle RSS MiB", "errors", "other CPU"]
+    rows = []
+    for kind, pr in res["proxies"].items():
+        s = pr["summary"]
+        spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 100 if s["rps"] else float("nan")
+        rows.append([kind, fmt(s["rps"], 0), f"±{spread / 2:.1f}%", fmt(s["p50_ms"], 3),
+                     fmt(s["p99_ms"], 3), fmt(s["p999_ms"], 3), fmt(s["cpu_us_per_req"], 1),
+                     fmt(s["peak_rss_mib"], 1), fmt(pr.get("idle_rss_mib"), 1), str(s["errors"]),
+                     f"{s['other_cpu_pct_max']:.0f}%"])
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    line = lambda r: "  ".join(x.ljust(w) if i == 0 else x.rjust(w) for i, (x, w) in enumerate(zip(r, widths)))
+    out = [line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows]
+    return "\n".join(out)
+
+
+def ratios(res):
+    p = res["proxies"]
+    if SIDECAR not in p:
+        return {}
+    s = p[SIDECAR]["summary"]
+    out = {}
+    for other in (HAPROXY, NGINX):
+        if other in p:
+            o = p[other]["summary"]
+            out[f"sidecar/{other}"] = dict(
+                rps=s["rps"] / o["rps"] if o["rps"] else float("nan"),
+                p99=s["p99_ms"] / o["p99_ms"] if o["p99_ms"] else float("nan"),
+                cpu_per_req=(s["cpu_us_per_req"] / o["cpu_us_per_req"]
+                             if o["cpu_us_per_req"] else float("nan")),
+            )
+    return out
+
+
+def markdown(info, settings, results):
+    """The results as Markdown tables (bench/results/latest.md), for docs/benchmarks.md."""
+    out = [f"Run {info['date']}: `{info['token_sidecar']}` ({info['git']}), "
+           f"{settings['rounds']} round(s) x {settings['duration']} s after a {settings['warmup']} s "
+           f"warm-up; load average {info['loadavg_start']} at the start, "
+           f"{info.get('loadavg_end', '?')} at the end.", ""]
+    out.append(f"Machine: {info['nproc']} CPUs ({info['cpu_model']}), {info['memory']}, Linux "
+               f"{info['kernel']}, {info['os']}; {info['nginx']}, {info['haproxy'].split(' - ')[0]}, "
+               f"{info['wrk'].split(' Copyright')[0]}, {info['h2load']}.")
+    for name, res in results.items():
+        out += ["", f"#### `{name}`: {res['desc']}", "",
+                "| proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for kind, pr in res["proxies"].items():
+            s = pr["summary"]
+            out.append(f"| {kind} | {fmt(s['rps'], 0)} | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
+                       f"| {fmt(s['p999_ms'], 2)} | {fmt(s['cpu_us_per_req'], 1)} "
+                       f"| {fmt(s['peak_rss_mib'], 1)} | {fmt(pr.get('idle_rss_mib'), 1)} | {s['errors']} |")
+        if res["ratios"]:
+            out.append("")
+            out.append("; ".join(f"{k}: req/s ×{v['rps']:.2f}, p99 ×{v['p99']:.2f}, "
+                                 f"CPU/req ×{v['cpu_per_req']:.2f}" for k, v in res["ratios"].items()))
+        busiest = max(pr["summary"]["other_cpu_pct_max"] for pr in res["proxies"].values())
+        out.append("")
+        out.append(f"Processes outside the benchmark used at most {busiest:.0f}% of a core during "
+                   f"these runs.")
+        if "rotate" in res["extra"]:
+            x = res["extra"]["rotate"]
+            out.append("")
+            out.append(f"Rotation: {x['tokens_written']} tokens written to the file during the "
+                       f"measured runs, {x['distinct_tokens_upstream']} distinct tokens seen by the "
+                       f"upstream, {x['unknown_tokens_upstream']} unexpected.")
+    return "\n".join(out) + "\n"
+
+
+def machine_info(sidecar_src, sidecar_bin):
+    def first_line(argv):
+        try:
+            rc, out, err = run_cmd(argv, timeout=10, check=False)
+            return (out + err).strip().splitlines()[0] if (out + err).strip() else "?"
+        except (BenchError, OSError):
+            return "?"
+
+    cpu_model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = "?"
+    try:
+        kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
+        mem = f"{kib / 1024 / 1024:.1f} GiB"
+    except (OSError, AttributeError):
+        pass
+    git = "?"
+    try:
+        rc, out, _ = run_cmd(["git", "-C", str(REPO), "describe", "--always", "--dirty"],
+                             timeout=10, check=False)
+        git = out.strip() or "?"
+    except (BenchError, OSError):
+        pass
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "nproc": first_line(["nproc"]),
+        "cpu_model": cpu_model,
+        "memory": mem,
+        "kernel": platform.release(),
+        "os": first_line(["sh", "-c", ". /etc/os-release 2>/dev/null && echo $PRETTY_NAME"]),
+        "loadavg_start": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
+        "token_sidecar": first_line([sidecar_bin, "--version"]),
+        "token_sidecar_binary": sidecar_src,
+        "token_sidecar_built": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(os.path.getmtime(sidecar_src))),
+        "token_sidecar_sha256": hashlib.sha256(Path(sidecar_bin).read_bytes()).hexdigest()[:16],
+        "git": git,
+        "nginx": first_line(["nginx", "-v"]),
+        "haproxy": first_line(["haproxy", "-v"]),
+        "wrk": first_line(["wrk", "-v"]),
+        "h2load": first_line(["h2load", "--version"]),
+        "openssl": first_line(["openssl", "version"]),
+        "python": platform.python_version(),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+
+def run_variant(name, variant, args, d, upstream, sidecar_bin):
+    variant = dict(variant, name=name)
+    kinds = [k for k in variant.get("proxies", PROXIES) if k in args.proxies]
+    if variant.get("direct_baseline") and not args.no_baseline:
+        kinds.append(DIRECT)
+    if not kinds:
+        return None
+    log(f"\n=== {name}: {variant['desc']}")
+    rotator = None
+    proxies = {}
+    extra = {}
+    try:
+        token_file = None
+        if variant.get("rotate"):
+            token_file = Path(d) / "token"
+            rotator = Rotator(token_file)
+        for kind in kinds:
+            proxies[kind] = Proxy(kind, d, upstream, variant, sidecar_bin=sidecar_bin,
+                                  token_file=token_file)
+        # the header is injected by each one
+        for kind, p in proxies.items():
+            check_injection(p, variant, expected_token=rotator.current if rotator else "abc")
+        log("  header check: " + ", ".join(f"{k} ok" for k in proxies))
+        time.sleep(0.3)
+        idle = {k: rss_kib(p.pids()) / 1024 for k, p in proxies.items() if k != DIRECT}
+        if rotator:
+            rotator.start()
+        # warm-up, interleaved
+        for kind, p in proxies.items():
+            measure(p, variant, args.warmup, d, upstream)
+        results = {k: [] for k in proxies}
+        discarded = {k: [] for k in proxies}   # rounds repeated because the machine was busy
+        rot_rounds = []
+        all_pids = sorted({pid for p in proxies.values() for pid in p.pids()}
+                          | set(upstream.server.pids()))
+        rnd, retries = 0, 0
+        while rnd < args.rounds:
+            if args.max_other_cpu is not None:
+                wait_quiet(all_pids, args.max_other_cpu, args.max_wait)
+            this_round = {}
+            for kind, p in proxies.items():
+                time.sleep(0.5)   # let the previous run's connections close, logs flush
+                off = log_size(upstream.tokens_log) if rotator else 0
+                w0 = rotator.n if rotator else 0
+                r = measure(p, variant, args.duration, d, upstream)
+                if rotator:
+                    time.sleep(0.3)   # let the upstream flush its token log
+                    seen, n_up, _ = tokens_seen(upstream.tokens_log, off)
+                    written = set(f"Bearer {t}" for t in rotator.written)
+                    r["rotate"] = dict(tokens_written=rotator.n - w0 + 1,
+                                       distinct_tokens_upstream=len(seen),
+                                       unknown_tokens_upstream=len(seen - written),
+                                       upstream_requests_logged=n_up)
+                this_round[kind] = r
+                log(f"  round {rnd + 1}/{args.rounds} {kind:16s} {r['rps']:>10,.0f} req/s  "
+                    f"p99 {r['p99_ms']:7.3f} ms  cpu {r['cpu_us_per_req']:6.1f} us/req  "
+                    f"rss {r['peak_rss_mib']:6.1f} MiB  errors {r['errors']}  "
+                    f"other {r['other_cpu_pct']:3.0f}%"
+                    + (f"  tokens {r['rotate']['distinct_tokens_upstream']}"
+                       f"/{r['rotate']['tokens_written']}" if 'rotate' in r else ""))
+            busiest = max(r["other_cpu_pct"] for r in this_round.values())
+            if (args.max_other_cpu is not None and busiest > args.max_other_cpu
+                    and retries < args.max_retries):
+                retries += 1
+                for kind, r in this_round.items():
+                    discarded[kind].append(r)
+                log(f"  round {rnd + 1} discarded: other processes used {busiest:.0f}% of a core "
+                    f"(repeat {retries}/{args.max_retries})")
+                continue
+            for kind, r in this_round.items():
+                results[kind].append(r)
+                if "rotate" in r:
+                    rot_rounds.append(r["rotate"])
+            rnd += 1
+        for kind, p in proxies.items():
+            if not p.server.alive():
+                die(f"{kind} died during the {name} runs:\n{p.server.log_tail()}")
+        if rotator:
+            extra["rotate"] = dict(
+                tokens_written=sum(x["tokens_written"] for x in rot_rounds),
+                distinct_tokens_upstream=sum(x["distinct_tokens_upstream"] for x in rot_rounds),
+                unknown_tokens_upstream=sum(x["unknown_tokens_upstream"] for x in rot_rounds),
+            )
+    finally:
+        if rotator:
+            rotator.stop()
+        for p in proxies.values():
+            p.stop()
+    res = dict(desc=variant["desc"], proxies={}, extra=extra)
+    for kind in kinds:
+        res["proxies"][kind] = dict(rounds=results[kind], summary=summarize(results[kind]),
+                                    idle_rss_mib=idle.get(kind), discarded_rounds=discarded[kind])
+    res["ratios"] = ratios(res)
+    return res
+
+
+def print_variant(name, res):
+    log(f"\n--- {name}: {res['desc']}")
+    log(table(name, res))
+    for k, v in res["ratios"].items():
+        log(f"  {k}: req/s x{v['rps']:.2f}, p99 x{v['p99']:.2f}, CPU/req x{v['cpu_per_req']:.2f}")
+    if "rotate" in res["extra"]:
+        x = res["extra"]["rotate"]
+        log(f"  rotation: {x['tokens_written']} tokens written, {x['distinct_tokens_upstream']} "
+            f"seen at the upstream, {x['unknown_tokens_upstream']} unknown")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--warmup", type=int, default=3, help="warm-up seconds per proxy and variant (default 3)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated, from: {','.join(VARIANTS)} (default all)")
+    ap.add_argument("--proxies", default=",".join(PROXIES),
+                    help=f"comma-separated, from: {','.join(PROXIES)} (default all)")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the upstream-direct baseline row of the get variant")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 1 round of 2 s after a 1 s warm-up")
+    ap.add_argument("--out", default=str(HERE / "results" / "latest.json"), help="JSON results file")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    ap.add_argument("--max-load", type=float, default=None,
+                    help="before starting, wait until the 1-minute load average is below this")
+    ap.add_argument("--max-wait", type=int, default=1800,
+                    help="give up waiting for a quiet machine after this many seconds (default 1800)")
+    ap.add_argument("--max-other-cpu", type=float, default=None, metavar="PCT",
+                    help="before each round wait until processes outside the benchmark use less "
+                         "than PCT%% of a core, and repeat a round in which they used more "
+                         "(default: only report it, column 'other CPU')")
+    ap.add_argument("--max-retries", type=int, default=10,
+                    help="repeats of discarded rounds per variant (default 10)")
+    args = ap.parse_args()
+    if args.quick:
+        args.duration, args.rounds, args.warmup = 2, 1, 1
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    for v in args.variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
+    for p in args.proxies:
+        if p not in PROXIES:
+            ap.error(f"unknown proxy {p!r}; known: {', '.join(PROXIES)}")
+    if args.duration < 1 or args.rounds < 1 or args.warmup < 1:
+        ap.error("--duration, --rounds and --warmup must be >= 1")
+
+    def on_signal(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+
+    d = tempfile.mkdtemp(prefix="proxybench-")
+    os.chmod(d, 0o755)   # nginx workers may run as another user
+    status = 0
+    try:
+        ensure_tools()
+        nofile = raise_nofile()
+        if "c1000" in args.variants and nofile < 4500:
+            log(f"warning: ulimit -n is {nofile}; the c1000 variant needs about 4,500 descriptors")
+        sidecar_src = sidecar_binary()
+        if args.max_load is not None:
+            deadline = time.monotonic() + args.max_wait
+            while os.getloadavg()[0] >= args.max_load:
+                if time.monotonic() > deadline:
+                    die(f"load average still {os.getloadavg()[0]:.2f} after {args.max_wait}s")
+                log(f"waiting for load average < {args.max_load} (now {os.getloadavg()[0]:.2f}) ...")
+                time.sleep(30)
+        sidecar_bin = copy_binary(sidecar_src, d)
+        info = machine_info(sidecar_src, sidecar_bin)
+        log("machine:")
+        for k, v in info.items():
+            log(f"  {k:22s} {v}")
+        log(f"settings: duration {args.duration}s, rounds {args.rounds}, warm-up {args.warmup}s, "
+            f"variants {','.join(args.variants)}")
+        make_certs(d)
+        upstream = Upstream(d)
+        upstream.check()
+        started = time.monotonic()
+        results = {}
+        for name in args.variants:
+            res = run_variant(name, VARIANTS[name], args, d, upstream, sidecar_bin)
+            if res is None:
+                continue
+            res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+            results[name] = res
+            print_variant(name, res)
+        info["loadavg_end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        info["wall_seconds"] = round(time.monotonic() - started, 1)
+
+        log("\n================ summary (medians over rounds) ================")
+        for name, res in results.items():
+            print_variant(name, res)
+        idle = [res["proxies"][SIDECAR]["idle_rss_mib"] for res in results.values()
+                if SIDECAR in res["proxies"] and res["proxies"][SIDECAR].get("idle_rss_mib")]
+        if idle:
+            log(f"\ntoken-sidecar idle RSS before load: {min(idle):.1f}-{max(idle):.1f} MiB")
+        log(f"load average: start {info['loadavg_start']}, end {info['loadavg_end']}; "
+            f"wall {info['wall_seconds']:.0f}s")
+
+        problems = []
+        for name, res in results.items():
+            for kind, pr in res["proxies"].items():
+                errs = pr["summary"]["errors"] + sum(r["errors"] for r in pr["discarded_rounds"])
+                if errs:
+                    problems.append(f"{name}/{kind}: {errs} errors or non-2xx")
+                if pr["summary"]["other_cpu_pct_max"] > 25:
+                    problems.append(f"{name}/{kind}: other processes used up to "
+                                    f"{pr['summary']['other_cpu_pct_max']:.0f}% of a core "
+                                    f"(numbers skewed; see --max-other-cpu)")
+            x = res["extra"].get("rotate")
+            if x and x["unknown_tokens_upstream"]:
+                problems.append(f"{name}: {x['unknown_tokens_upstream']} unexpected tokens upstream")
+        if problems:
+            log("\nPROBLEMS:\n  " + "\n  ".join(problems))
+            if any(p.startswith("rotate") for p in problems):
+                status = 1
+
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        settings = dict(duration=args.duration, rounds=args.rounds, warmup=args.warmup,
+                        quick=args.quick, variants={n: VARIANTS[n] for n in results})
+        doc = dict(machine=info, settings=settings, results=results, problems=problems)
+        out.write_text(json.dumps(no_nan(doc), indent=2, default=str) + "\n")
+        md = out.with_suffix(".md")
+        md.write_text(markdown(info, settings, results))
+        log(f"\nresults written to {out} and {md}")
+    except BenchError as e:
+        log(f"\nBENCHMARK FAILED: {e}")
+        status = 2
+    except KeyboardInterrupt as e:
+        log(f"\ninterrupted ({e or 'SIGINT'}); stopping servers")
+        status = 130
+    finally:
+        stop_all()
+        if args.keep or status == 2:
+            log(f"work directory kept: {d}")
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
