@@ -621,6 +621,12 @@ def run_h2load(url, variant, duration, d):
                                    status_4xx=s4, status_5xx=s5))
 
 
+def steal_ticks():
+    """CPU time the hypervisor gave to other guests (all CPUs)."""
+    v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return v[7] if len(v) > 7 else 0
+
+
 def busy_ticks():
     """CPU time spent by every process on the machine (user + nice + system, all CPUs)."""
     v = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
@@ -661,7 +667,7 @@ def measure(proxy, variant, duration, d, upstream):
     all_pids = sorted(set(pids) | set(upstream.server.pids()))
     sampler = RssSampler(pids)
     t0 = cpu_ticks(pids)
-    b0, o0, w0 = busy_ticks(), own_ticks(all_pids), time.monotonic()
+    b0, o0, w0, st0 = busy_ticks(), own_ticks(all_pids), time.monotonic(), steal_ticks()
     sampler.start()
     try:
         if variant["tool"] == "h2load":
@@ -676,6 +682,7 @@ def measure(proxy, variant, duration, d, upstream):
     r["cpu_us_per_req"] = cpu_s * 1e6 / r["requests"] if r["requests"] else float("nan")
     r["peak_rss_mib"] = peak / 1024
     r["other_cpu_pct"] = other / CLK_TCK / (time.monotonic() - w0) * 100
+    r["steal_pct"] = (steal_ticks() - st0) / CLK_TCK / (time.monotonic() - w0) * 100
     return r
 
 
@@ -812,7 +819,9 @@ def ratios(res):
 
 def markdown(info, settings, results):
     """The results as Markdown tables (bench/results/latest.md), for docs/benchmarks.md."""
-    out = [f"Run {info['date']}: `{info['token_sidecar']}` ({info['git']}), "
+    out = [f"Run {info['date']}: `{info['token_sidecar']}` (binary built "
+           f"{info.get('token_sidecar_built', '?')}, sha256 {info.get('token_sidecar_sha256', '?')}…; "
+           f"tree {info['git']}), "
            f"{settings['rounds']} round(s) x {settings['duration']} s after a {settings['warmup']} s "
            f"warm-up; load average {info['loadavg_start']} at the start, "
            f"{info.get('loadavg_end', '?')} at the end.", ""]
@@ -821,11 +830,12 @@ def markdown(info, settings, results):
                f"{info['wrk'].split(' Copyright')[0]}, {info['h2load']}.")
     for name, res in results.items():
         out += ["", f"#### `{name}`: {res['desc']}", "",
-                "| proxy | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| proxy | req/s | spread | p50 ms | p99 ms | p99.9 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for kind, pr in res["proxies"].items():
             s = pr["summary"]
-            out.append(f"| {kind} | {fmt(s['rps'], 0)} | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
+            spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 50 if s["rps"] else float("nan")
+            out.append(f"| {kind} | {fmt(s['rps'], 0)} | ±{spread:.0f}% | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
                        f"| {fmt(s['p999_ms'], 2)} | {fmt(s['cpu_us_per_req'], 1)} "
                        f"| {fmt(s['peak_rss_mib'], 1)} | {fmt(pr.get('idle_rss_mib'), 1)} | {s['errors']} |")
         if res["ratios"]:
@@ -957,6 +967,7 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
                     f"p99 {r['p99_ms']:7.3f} ms  cpu {r['cpu_us_per_req']:6.1f} us/req  "
                     f"rss {r['peak_rss_mib']:6.1f} MiB  errors {r['errors']}  "
                     f"other {r['other_cpu_pct']:3.0f}%"
+                    + (f"  steal {r['steal_pct']:.0f}%" if r["steal_pct"] >= 1 else "")
                     + (f"  tokens {r['rotate']['distinct_tokens_upstream']}"
                        f"/{r['rotate']['tokens_written']}" if 'rotate' in r else ""))
             busiest = max(r["other_cpu_pct"] for r in this_round.values())
