@@ -12,12 +12,16 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Grant};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::client::{self, ClientSettings};
+use crate::proxy::client::ClientSettings;
+use crate::proxy::pool::Pool;
 use crate::proxy::{Route, RouteSettings};
 use crate::server::{self, ListenerSettings};
 use crate::token::file::FileSource;
 use crate::token::refresher::Refresher;
 use crate::token::{NewToken, Profile, Source, TokenStore, Trigger};
+
+/// Idle upstream connections kept per route; more are closed when they become idle.
+const MAX_IDLE_CONNECTIONS: usize = 1024;
 
 /// State shared by the listeners.
 #[derive(Debug)]
@@ -47,7 +51,7 @@ pub enum StartError {
         /// The route.
         route: String,
         /// Why.
-        source: client::ClientError,
+        source: crate::proxy::client::ClientError,
     },
     /// A token source could not be set up.
     #[error("token {token}: {message}")]
@@ -168,11 +172,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         // A static token cannot change: a 401 is passed through as it is.
         let refresh_on_401 = rc.refresh_on_401 && !matches!(profile.source, Source::Static);
         let store = profile.store.clone();
-        let clients = client::build(&ClientSettings {
-            connect_timeout: rc.connect_timeout,
-            pool_idle_timeout: Duration::from_secs(90),
-            ca_file: rc.upstream_ca_file.clone(),
-        })
+        let pool = Pool::new(
+            &rc.upstream,
+            &ClientSettings {
+                connect_timeout: rc.connect_timeout,
+                pool_idle_timeout: rc.upstream_idle_timeout,
+                ca_file: rc.upstream_ca_file.clone(),
+            },
+            MAX_IDLE_CONNECTIONS,
+        )
         .map_err(|source| StartError::Client {
             route: rc.name.clone(),
             source,
@@ -190,7 +198,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 refresh_on_401,
                 retry_body_limit: rc.retry_body_limit,
             },
-            clients,
+            pool,
             RouteMetrics::new(&metrics, &rc.name),
         ));
         let listener = TcpListener::bind(rc.listen)

@@ -22,6 +22,8 @@ pub enum Body {
     Incoming(Incoming),
     /// Frames already read from a peer, followed by the rest of the stream.
     Prefixed(VecDeque<Frame<Bytes>>, Incoming),
+    /// A response body streamed from a pooled upstream connection.
+    Pooled(crate::proxy::pool::PooledBody),
     /// A streamed body that says when it has been read to the end (or failed, or was dropped).
     Watched(Box<Body>, Option<tokio::sync::oneshot::Sender<()>>),
 }
@@ -70,6 +72,7 @@ impl HttpBody for Body {
             Body::Empty => Poll::Ready(None),
             Body::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Body::Incoming(b) => Pin::new(b).poll_frame(cx),
+            Body::Pooled(b) => Pin::new(b).poll_frame(cx),
             Body::Prefixed(chunks, rest) => match chunks.pop_front() {
                 Some(f) => Poll::Ready(Some(Ok(f))),
                 None => Pin::new(rest).poll_frame(cx),
@@ -91,6 +94,7 @@ impl HttpBody for Body {
             Body::Empty => true,
             Body::Full(b) => b.is_none(),
             Body::Incoming(b) => b.is_end_stream(),
+            Body::Pooled(b) => b.is_end_stream(),
             Body::Prefixed(c, rest) => c.is_empty() && rest.is_end_stream(),
             Body::Watched(inner, _) => inner.is_end_stream(),
         }
@@ -101,6 +105,7 @@ impl HttpBody for Body {
             Body::Empty => SizeHint::with_exact(0),
             Body::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
             Body::Incoming(b) => b.size_hint(),
+            Body::Pooled(b) => b.size_hint(),
             Body::Prefixed(c, rest) => {
                 let buffered: u64 = c
                     .iter()

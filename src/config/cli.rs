@@ -199,6 +199,13 @@ pub struct Flags {
     /// Upper bound on connecting to the upstream [default: 5s].
     #[arg(long, env = "TOKEN_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION")]
     pub connect_timeout: Option<String>,
+    /// Idle upstream connections are closed after this time [default: 90s].
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_UPSTREAM_IDLE_TIMEOUT",
+        value_name = "DURATION"
+    )]
+    pub upstream_idle_timeout: Option<String>,
     /// Time an app has to send a request's headers; also closes idle keep-alive connections [default: 30s].
     #[arg(
         long,

@@ -46,6 +46,7 @@ pub struct RawRoute {
     pub header_prefix: Option<String>,
     pub upstream_timeout: Option<String>,
     pub connect_timeout: Option<String>,
+    pub upstream_idle_timeout: Option<String>,
     pub header_read_timeout: Option<String>,
     pub max_request_header_bytes: Option<u64>,
 }

@@ -86,6 +86,8 @@ pub struct RouteConfig {
     pub upstream_timeout: Duration,
     /// Upper bound on connecting to the upstream.
     pub connect_timeout: Duration,
+    /// Idle upstream connections are closed after this time.
+    pub upstream_idle_timeout: Duration,
     /// Time an app has to send request headers; idle keep-alive connections close after it.
     pub header_read_timeout: Duration,
     /// Request header blocks over this size get 431.
@@ -950,6 +952,15 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             ),
             Duration::from_secs(5),
         );
+        let upstream_idle_timeout = c.duration(
+            pick(
+                &f.upstream_idle_timeout,
+                "upstream-idle-timeout",
+                &r.upstream_idle_timeout,
+                &k("upstream_idle_timeout"),
+            ),
+            Duration::from_secs(90),
+        );
         let header_read_timeout = c.duration(
             pick(
                 &f.header_read_timeout,
@@ -962,6 +973,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         for (d, what) in [
             (upstream_timeout, "upstream-timeout"),
             (connect_timeout, "connect-timeout"),
+            (upstream_idle_timeout, "upstream-idle-timeout"),
             (header_read_timeout, "header-read-timeout"),
         ] {
             if d.is_zero() {
@@ -996,6 +1008,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 header_prefix,
                 upstream_timeout,
                 connect_timeout,
+                upstream_idle_timeout,
                 header_read_timeout,
                 max_request_header_bytes: max_request_header_bytes as usize,
             });
@@ -1043,7 +1056,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
 }
 
 fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Checker) {
-    let route_flags: [(&str, bool); 11] = [
+    let route_flags: [(&str, bool); 12] = [
         ("listen", flags.listen.is_some()),
         ("upstream", flags.upstream.is_some()),
         ("upstream-ca-file", flags.upstream_ca_file.is_some()),
@@ -1053,6 +1066,10 @@ fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Chec
         ("header-prefix", flags.header_prefix.is_some()),
         ("upstream-timeout", flags.upstream_timeout.is_some()),
         ("connect-timeout", flags.connect_timeout.is_some()),
+        (
+            "upstream-idle-timeout",
+            flags.upstream_idle_timeout.is_some(),
+        ),
         ("header-read-timeout", flags.header_read_timeout.is_some()),
         (
             "max-request-header-bytes",

@@ -1,18 +1,8 @@
-//! The pooled upstream client: hyper-util's legacy client over rustls.
+//! TLS settings shared by the upstream pool and the token endpoint client.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
-
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-use crate::body::Body;
-
-/// The client type every route uses.
-pub type UpstreamClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// Why a client could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -31,9 +21,12 @@ pub enum ClientError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// The upstream URL cannot be used as a request target or `Host` header.
+    #[error("upstream URL: {0}")]
+    Upstream(String),
 }
 
-/// Settings shared by the clients of a route.
+/// Connection settings of a route's upstream pool.
 #[derive(Debug, Clone)]
 pub struct ClientSettings {
     /// Upper bound on establishing a TCP connection (TLS included in the request timeout).
@@ -77,37 +70,4 @@ pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, 
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth())
-}
-
-/// Builds the route's two clients: the main one (ALPN h2 and http/1.1) and one that speaks
-/// only HTTP/1.1, for protocol upgrades (WebSocket) which HTTP/2 cannot carry.
-pub fn build(settings: &ClientSettings) -> Result<(UpstreamClient, UpstreamClient), ClientError> {
-    let roots = root_store(settings.ca_file.as_deref())?;
-    let main = make_client(settings, tls_config(roots.clone())?, true);
-    let h1 = make_client(settings, tls_config(roots)?, false);
-    Ok((main, h1))
-}
-
-fn make_client(settings: &ClientSettings, tls: rustls::ClientConfig, h2: bool) -> UpstreamClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(settings.connect_timeout));
-    http.set_keepalive(Some(Duration::from_secs(60)));
-    let builder = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1();
-    let connector = if h2 {
-        builder.enable_http2().wrap_connector(http)
-    } else {
-        builder.wrap_connector(http)
-    };
-    Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(settings.pool_idle_timeout)
-        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-        .http2_keep_alive_timeout(Duration::from_secs(20))
-        .build(connector)
 }

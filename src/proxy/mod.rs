@@ -6,10 +6,11 @@
 //! 2. the target is checked: never CONNECT, never another host, no dot segments (400),
 //! 3. the token is loaded, one atomic load; none or expired means 503 and nothing is sent,
 //! 4. hop-by-hop headers, `Host` and the app's credentials are dropped, the token header set,
-//! 5. the request is sent through the route's pooled client, bodies streamed both ways,
+//! 5. the request is sent through the route's connection pool, bodies streamed both ways,
 //! 6. upstream failures become the sidecar's own 502/504 answers (see [`crate::error`]).
 
 pub mod client;
+pub mod pool;
 pub mod rewrite;
 
 use std::error::Error as StdError;
@@ -25,7 +26,7 @@ use crate::body::Body;
 use crate::error::{error_response, token_unavailable, ErrorKind};
 use crate::metrics::RouteMetrics;
 use crate::token::{Profile, TokenStore};
-use client::UpstreamClient;
+use pool::{Pool, SendError};
 use rewrite::{check_target, header_list_size, is_upgrade, prepare_request_headers, Upstream};
 
 /// Everything a route needs to forward a request.
@@ -59,8 +60,7 @@ pub struct Route {
     store: Arc<TokenStore>,
     header_name: HeaderName,
     header_index: usize,
-    client: UpstreamClient,
-    upgrade_client: UpstreamClient,
+    pool: Pool,
     upstream_timeout: Duration,
     max_request_header_bytes: usize,
     metrics: RouteMetrics,
@@ -79,12 +79,8 @@ impl std::fmt::Debug for Route {
 }
 
 impl Route {
-    /// Builds a route. `clients` comes from [`client::build`].
-    pub fn new(
-        settings: RouteSettings,
-        clients: (UpstreamClient, UpstreamClient),
-        metrics: RouteMetrics,
-    ) -> Self {
+    /// Builds a route forwarding through `pool` (a [`Pool`] for `settings.upstream`).
+    pub fn new(settings: RouteSettings, pool: Pool, metrics: RouteMetrics) -> Self {
         let header_index = settings
             .store
             .prefix_index(&settings.header_prefix)
@@ -95,8 +91,7 @@ impl Route {
             store: settings.store,
             header_name: settings.header_name,
             header_index,
-            client: clients.0,
-            upgrade_client: clients.1,
+            pool,
             upstream_timeout: settings.upstream_timeout,
             max_request_header_bytes: settings.max_request_header_bytes,
             metrics,
@@ -168,8 +163,8 @@ impl Route {
                 return token_unavailable(self.store.retry_after());
             }
         };
-        let uri = match self.upstream.join(&target) {
-            Ok(u) => u,
+        let uri = match self.upstream.path(target) {
+            Ok(pq) => http::Uri::from(pq),
             Err(e) => return self.reject(ErrorKind::BadRequest, &e.to_string()),
         };
         let upgrade = is_upgrade(req.headers(), req.version());
@@ -177,16 +172,22 @@ impl Route {
 
         let (mut parts, body) = req.into_parts();
         parts.uri = uri;
-        // The pooled client upgrades to HTTP/2 itself when ALPN negotiates it.
+        // The pool speaks HTTP/2 instead when ALPN negotiates it.
         parts.version = Version::HTTP_11;
         parts.extensions = http::Extensions::new();
         prepare_request_headers(&mut parts.headers, upgrade);
 
         // Keep what a replay after a 401 needs: the request head and a small body.
         let replayable = self.refresh_on_401 && !upgrade;
-        let (body, replay) = if replayable {
-            match crate::body::buffer_for_replay(body, self.retry_body_limit).await {
-                Ok((body, Some(bytes))) => (body, Some((clone_head(&parts), bytes))),
+        let (body, replay) = if replayable && http_body::Body::is_end_stream(&body) {
+            (
+                Body::Empty,
+                Some(Box::new((clone_head(&parts), bytes::Bytes::new()))),
+            )
+        } else if replayable {
+            // Boxed: only requests with a body wait here.
+            match Box::pin(crate::body::buffer_for_replay(body, self.retry_body_limit)).await {
+                Ok((body, Some(bytes))) => (body, Some(Box::new((clone_head(&parts), bytes)))),
                 Ok((body, None)) => (body, None),
                 Err(e) => {
                     tracing::debug!(route = %self.name, error = %e, "reading the request body failed");
@@ -200,20 +201,17 @@ impl Route {
 
         parts.headers.insert(self.header_name.clone(), token_header);
         let out = Request::from_parts(parts, body);
-        let client = if upgrade {
-            &self.upgrade_client
-        } else {
-            &self.client
-        };
-        let mut resp = match self.send(client, out).await {
+        let mut resp = match self.send(out, upgrade).await {
             Ok(r) => r,
             Err(r) => return r,
         };
 
         if resp.status() == StatusCode::UNAUTHORIZED && self.refresh_on_401 {
-            match replay {
+            match replay.map(|r| *r) {
                 Some((head, bytes)) => {
-                    if let Some(r) = self.replay_after_401(version, head, bytes).await {
+                    // Boxed: a rare path, kept out of every request's future.
+                    let replay = Box::pin(self.replay_after_401(version, head, bytes));
+                    if let Some(r) = replay.await {
                         return r;
                     }
                     self.metrics.unauthorized_retry("still_unauthorized");
@@ -252,18 +250,17 @@ impl Route {
         self.response(resp, switching && upgrade)
     }
 
-    fn response(&self, resp: Response<Incoming>, upgraded: bool) -> Response<Body> {
-        let (mut parts, body) = resp.into_parts();
-        rewrite::strip_hop_by_hop(&mut parts.headers, upgraded);
-        Response::from_parts(parts, Body::Incoming(body))
+    fn response(&self, mut resp: Response<Body>, upgraded: bool) -> Response<Body> {
+        rewrite::strip_hop_by_hop(resp.headers_mut(), upgraded);
+        resp
     }
 
     /// Sends one request upstream within the timeout; failures become the sidecar's answer.
     async fn send(
         &self,
-        client: &UpstreamClient,
         req: Request<Body>,
-    ) -> Result<Response<Incoming>, Response<Body>> {
+        upgrade: bool,
+    ) -> Result<Response<Body>, Response<Body>> {
         // The upstream's time to answer starts once the app's body has been sent: a slow
         // upload is not an upstream timeout.
         let (req, body_sent) =
@@ -281,7 +278,7 @@ impl Route {
             tokio::time::sleep(self.upstream_timeout).await;
         };
         let result = tokio::select! {
-            r = client.request(req) => Ok(r),
+            r = self.pool.send(req, upgrade) => Ok(r),
             () = deadline => Err(()),
         };
         match result {
@@ -315,7 +312,7 @@ impl Route {
         };
         let mut req = Request::from_parts(head, Body::full(body));
         req.headers_mut().insert(self.header_name.clone(), header);
-        let resp = match self.send(&self.client, req).await {
+        let resp = match self.send(req, false).await {
             Ok(r) => r,
             Err(r) => return Some(r),
         };
@@ -328,7 +325,7 @@ impl Route {
         Some(self.response(resp, false))
     }
 
-    fn upstream_failure(&self, err: &hyper_util::client::legacy::Error) -> Response<Body> {
+    fn upstream_failure(&self, err: &SendError) -> Response<Body> {
         let (kind, label, message) = classify(err);
         if kind == ErrorKind::BadRequest {
             tracing::debug!(route = %self.name, error = %ErrorChain(err), "the app's request body failed");
@@ -361,7 +358,7 @@ fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
 }
 
 /// Maps a client error to the response kind, the metric label and the client-facing sentence.
-fn classify(err: &hyper_util::client::legacy::Error) -> (ErrorKind, &'static str, &'static str) {
+fn classify(err: &SendError) -> (ErrorKind, &'static str, &'static str) {
     // The app's own request body failed (a malformed chunk, a dropped upload): the app's
     // fault, not the upstream's.
     let mut source: Option<&(dyn StdError + 'static)> = Some(err);

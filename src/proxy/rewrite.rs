@@ -86,16 +86,21 @@ impl Upstream {
         &self.base_path
     }
 
-    /// The URI a request for `target` (the app's path and query) is sent to.
+    /// The upstream's path and query for `target` (the app's path and query): the base path
+    /// joined with it.
+    pub fn path(&self, target: PathAndQuery) -> Result<PathAndQuery, TargetError> {
+        if self.base_path.is_empty() {
+            return Ok(target);
+        }
+        let mut s = String::with_capacity(self.base_path.len() + target.as_str().len());
+        s.push_str(&self.base_path);
+        s.push_str(target.as_str());
+        PathAndQuery::try_from(s).map_err(|_| TargetError::Malformed)
+    }
+
+    /// The absolute URI a request for `target` (the app's path and query) is sent to.
     pub fn join(&self, target: &PathAndQuery) -> Result<Uri, TargetError> {
-        let pq = if self.base_path.is_empty() {
-            target.clone()
-        } else {
-            let mut s = String::with_capacity(self.base_path.len() + target.as_str().len());
-            s.push_str(&self.base_path);
-            s.push_str(target.as_str());
-            PathAndQuery::try_from(s).map_err(|_| TargetError::Malformed)?
-        };
+        let pq = self.path(target.clone())?;
         Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
@@ -223,6 +228,7 @@ pub fn has_dot_segment(path: &str) -> bool {
 
 /// Headers that describe one connection, not the message (RFC 9110 7.6.1), plus the
 /// proxy-credential headers a proxy consumes.
+/// (`strip_hop_by_hop` relies on the order: `Connection` first, `TE` fourth.)
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
@@ -265,6 +271,21 @@ fn connection_has(headers: &HeaderMap, token: &str) -> bool {
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
+/// The header names listed in `Connection`, other than the usual `close` and `keep-alive`.
+/// The raw bytes are split: one non-ASCII byte must not hide the other names.
+fn connection_options(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| {
+            !t.is_empty()
+                && !t.eq_ignore_ascii_case(b"close")
+                && !t.eq_ignore_ascii_case(b"keep-alive")
+        })
+}
+
 /// Removes hop-by-hop headers and those named in `Connection`. With `keep_upgrade`, the
 /// `Upgrade` header and `Connection: upgrade` survive (a protocol switch in progress).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -281,16 +302,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     if !any {
         return;
     }
-    if present[0] {
-        // Headers named in `Connection` (other than the usual `close`/`keep-alive` and the
-        // hop-by-hop ones removed below).
-        // Split the raw bytes: one non-ASCII byte must not hide the other names.
-        let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .filter(|t| !t.eq_ignore_ascii_case(b"close") && !t.eq_ignore_ascii_case(b"keep-alive"))
+    // Usually `Connection` says only `keep-alive` or `close`: nothing to collect.
+    if present[0] && connection_options(headers).next().is_some() {
+        let named: Vec<HeaderName> = connection_options(headers)
             .filter_map(|t| HeaderName::from_bytes(t).ok())
             .filter(|n| !HOP_BY_HOP.contains(n))
             .collect();
@@ -303,9 +317,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
     }
     // `TE: trailers` is end-to-end meaningful for HTTP/2 (gRPC).
-    let te_trailers = headers
-        .get(header::TE)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    let te_trailers = present[3]
+        && headers
+            .get(header::TE)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         if keep_upgrade && (*name == header::UPGRADE) {
             continue;

@@ -1,0 +1,486 @@
+//! A route's upstream connections: hyper's connection-level HTTP/1.1 and HTTP/2 clients over
+//! hyper-rustls, with a stack of idle HTTP/1.1 connections.
+//!
+//! A route talks to exactly one upstream, so the pool needs no key, no hashing and no
+//! per-request task: an HTTP/1.1 connection is taken from the top of the idle stack (the most
+//! recently used, whose socket is warm), the request is sent, and the connection goes back on
+//! the stack when the response body has been read to its end ([`PoolReturn`]). When ALPN
+//! negotiates HTTP/2, one shared connection carries every request. A background task closes
+//! connections idle for longer than the idle timeout.
+
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use http::header::{HeaderValue, HOST};
+use http::uri::{PathAndQuery, Uri};
+use http::{Request, Response};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower::Service as _;
+
+use super::client::{tls_config, ClientError, ClientSettings};
+use super::rewrite::Upstream;
+use crate::body::Body;
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type Connector = HttpsConnector<HttpConnector>;
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be established (DNS, TCP, TLS, or the HTTP/2 handshake).
+    #[error("connecting to the upstream failed")]
+    Connect(#[source] BoxError),
+    /// The connection failed while the request was sent or before the response head arrived.
+    #[error("the upstream request failed")]
+    Request(#[source] hyper::Error),
+}
+
+impl SendError {
+    /// Whether the error happened while connecting.
+    pub fn is_connect(&self) -> bool {
+        matches!(self, SendError::Connect(_))
+    }
+}
+
+/// A pool of connections to one upstream.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("authority", &self.inner.authority_uri)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    /// ALPN h2 and http/1.1 (plain HTTP: HTTP/1.1).
+    connector: Connector,
+    /// ALPN http/1.1 only, for protocol upgrades, which HTTP/2 cannot carry.
+    upgrade_connector: Connector,
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+    /// `scheme://authority`, what the connector is called with.
+    authority_uri: Uri,
+    /// The `Host` header of HTTP/1.1 requests.
+    host: HeaderValue,
+    idle: Mutex<Vec<Idle>>,
+    shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
+    idle_timeout: Duration,
+    max_idle: usize,
+    reaper: std::sync::Once,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+enum Conn {
+    H1(http1::SendRequest<Body>),
+    H2(http2::SendRequest<Body>),
+}
+
+/// How many times a request is moved to another connection when a pooled one turns out to
+/// be closed before the request was written to it.
+const MAX_UNSENT_RETRIES: usize = 3;
+
+impl Pool {
+    /// A pool for `upstream`, keeping at most `max_idle` idle HTTP/1.1 connections.
+    pub fn new(
+        upstream: &Upstream,
+        settings: &ClientSettings,
+        max_idle: usize,
+    ) -> Result<Self, ClientError> {
+        let roots = super::client::root_store(settings.ca_file.as_deref())?;
+        let connector = make_connector(settings, tls_config(roots.clone())?, true);
+        let upgrade_connector = make_connector(settings, tls_config(roots)?, false);
+        let mut h1 = http1::Builder::new();
+        h1.writev(false);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        let authority_uri = Uri::builder()
+            .scheme(upstream.scheme().clone())
+            .authority(upstream.authority().clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| ClientError::Upstream(e.to_string()))?;
+        let host = host_header(upstream).map_err(|e| ClientError::Upstream(e.to_string()))?;
+        Ok(Pool {
+            inner: Arc::new(Inner {
+                connector,
+                upgrade_connector,
+                h1,
+                h2,
+                authority_uri,
+                host,
+                idle: Mutex::new(Vec::new()),
+                shared_h2: Mutex::new(None),
+                idle_timeout: settings.pool_idle_timeout,
+                max_idle,
+                reaper: std::sync::Once::new(),
+            }),
+        })
+    }
+
+    /// Sends `req`, whose URI is the origin-form path and query, and returns the response.
+    /// The `Host` header (HTTP/1.1) or `:authority` (HTTP/2) is the upstream's.
+    ///
+    /// An `upgrade` request (WebSocket) gets a fresh HTTP/1.1 connection of its own that
+    /// is never pooled: after a `101` it belongs to the upgraded stream.
+    pub async fn send(
+        &self,
+        mut req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, SendError> {
+        // The common case, inline: an idle HTTP/1.1 connection ready for the next request.
+        // Everything else (connecting, HTTP/2, retries, upgrades) is in a boxed future, so
+        // that the future of every request stays small: it is moved several times per request.
+        if !upgrade {
+            if let Some(mut tx) = self.inner.pop_ready() {
+                req.headers_mut().insert(HOST, self.inner.host.clone());
+                match tx.try_send_request(req).await {
+                    Ok(resp) => return Ok(self.pooled(resp, tx)),
+                    Err(mut e) => match e.take_message() {
+                        // Closed before the request went out: the request is intact.
+                        Some(unsent) => req = unsent,
+                        None => return Err(SendError::Request(e.into_error())),
+                    },
+                }
+            }
+        }
+        Box::pin(self.send_slow(req, upgrade)).await
+    }
+
+    async fn send_slow(
+        &self,
+        mut req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Body>, SendError> {
+        if upgrade {
+            let tx = self.inner.connect_h1_for_upgrade().await?;
+            return self.send_h1(tx, req).await.map_err(|(e, _)| e);
+        }
+        let mut attempts = 0;
+        loop {
+            let (conn, reused) = match self.inner.checkout().await {
+                Some(c) => (c, true),
+                None => (self.inner.connect().await?, false),
+            };
+            let result = match conn {
+                Conn::H2(tx) => return self.send_h2(tx, req).await,
+                Conn::H1(tx) => self.send_h1(tx, req).await,
+            };
+            match result {
+                Ok(resp) => return Ok(resp),
+                // The pooled connection closed before the request went out: the request is
+                // intact and can go on another connection.
+                Err((e, Some(unsent))) if reused && attempts < MAX_UNSENT_RETRIES => {
+                    tracing::trace!(error = %e, "pooled connection closed, retrying the request");
+                    attempts += 1;
+                    req = unsent;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+    }
+
+    fn pooled(&self, resp: Response<Incoming>, tx: http1::SendRequest<Body>) -> Response<Body> {
+        let (parts, body) = resp.into_parts();
+        let body = PooledBody {
+            body,
+            tx: Some(tx),
+            pool: Arc::downgrade(&self.inner),
+        };
+        Response::from_parts(parts, Body::Pooled(body))
+    }
+
+    async fn send_h1(
+        &self,
+        mut tx: http1::SendRequest<Body>,
+        mut req: Request<Body>,
+    ) -> Result<Response<Body>, (SendError, Option<Request<Body>>)> {
+        req.headers_mut().insert(HOST, self.inner.host.clone());
+        match tx.try_send_request(req).await {
+            Ok(resp) => Ok(self.pooled(resp, tx)),
+            Err(mut e) => {
+                let unsent = e.take_message();
+                Err((SendError::Request(e.into_error()), unsent))
+            }
+        }
+    }
+
+    async fn send_h2(
+        &self,
+        mut tx: http2::SendRequest<Body>,
+        req: Request<Body>,
+    ) -> Result<Response<Body>, SendError> {
+        let (mut parts, body) = req.into_parts();
+        parts.uri = absolute(&self.inner.authority_uri, parts.uri);
+        let resp = tx
+            .send_request(Request::from_parts(parts, body))
+            .await
+            .map_err(SendError::Request)?;
+        Ok(resp.map(Body::Incoming))
+    }
+}
+
+impl Inner {
+    /// The most recently idle HTTP/1.1 connection if it is ready for a request now (and no
+    /// HTTP/2 connection is shared).
+    fn pop_ready(&self) -> Option<http1::SendRequest<Body>> {
+        let mut idle = self.idle.lock().ok()?;
+        let top = idle.last()?;
+        // Expiry is the reaper's job: one clock read less per request.
+        if top.tx.is_ready() {
+            idle.pop().map(|i| i.tx)
+        } else {
+            None
+        }
+    }
+
+    /// A usable pooled connection: the shared HTTP/2 one, else the most recently idle HTTP/1.1.
+    async fn checkout(self: &Arc<Self>) -> Option<Conn> {
+        if let Ok(h2) = self.shared_h2.lock() {
+            if let Some(tx) = h2.as_ref().filter(|tx| !tx.is_closed()) {
+                return Some(Conn::H2(tx.clone()));
+            }
+        }
+        loop {
+            let idle = self.idle.lock().ok()?.pop()?;
+            let mut tx = idle.tx;
+            if tx.is_closed() || idle.since.elapsed() > self.idle_timeout {
+                continue;
+            }
+            // A connection is returned as soon as its response body has been read; its task
+            // may not have asked for the next request yet. `ready` waits for that, or fails
+            // when the connection is closing.
+            if tx.ready().await.is_ok() {
+                return Some(Conn::H1(tx));
+            }
+        }
+    }
+
+    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<Body>) {
+        if tx.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        if idle.len() >= self.max_idle {
+            return;
+        }
+        idle.push(Idle {
+            tx,
+            since: Instant::now(),
+        });
+        drop(idle);
+        self.reaper
+            .call_once(|| spawn_reaper(Arc::downgrade(self), self.idle_timeout));
+    }
+
+    async fn open(
+        &self,
+        connector: &Connector,
+    ) -> Result<<Connector as tower::Service<Uri>>::Response, SendError> {
+        connector
+            .clone()
+            .call(self.authority_uri.clone())
+            .await
+            .map_err(SendError::Connect)
+    }
+
+    /// Opens a connection; HTTP/2 when ALPN says so (it then becomes the shared one).
+    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
+        let io = self.open(&self.connector).await?;
+        if io.connected().is_negotiated_h2() {
+            let (tx, conn) = self
+                .h2
+                .handshake(io)
+                .await
+                .map_err(|e| SendError::Connect(Box::new(e)))?;
+            spawn_connection(conn);
+            if let Ok(mut shared) = self.shared_h2.lock() {
+                if shared.as_ref().is_none_or(|s| s.is_closed()) {
+                    *shared = Some(tx.clone());
+                }
+            }
+            return Ok(Conn::H2(tx));
+        }
+        let (tx, conn) = self
+            .h1
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        spawn_connection(conn);
+        Ok(Conn::H1(tx))
+    }
+
+    async fn connect_h1_for_upgrade(&self) -> Result<http1::SendRequest<Body>, SendError> {
+        let io = self.open(&self.upgrade_connector).await?;
+        let (tx, conn) = self
+            .h1
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        spawn_connection(conn.with_upgrades());
+        Ok(tx)
+    }
+}
+
+/// Runs an upstream connection until it closes.
+fn spawn_connection<F>(conn: F)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "upstream connection ended");
+        }
+    });
+}
+
+/// Closes idle connections older than `timeout`, checking every `timeout / 4` (at least 1 s),
+/// until the pool is dropped.
+fn spawn_reaper(pool: Weak<Inner>, timeout: Duration) {
+    let period = (timeout / 4).max(Duration::from_secs(1));
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    handle.spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(pool) = pool.upgrade() else { return };
+            let expired: Vec<Idle> = match pool.idle.lock() {
+                Ok(mut idle) => {
+                    let now = Instant::now();
+                    // Oldest at the bottom of the stack.
+                    let keep_from = idle
+                        .iter()
+                        .position(|i| !i.tx.is_closed() && now.duration_since(i.since) <= timeout)
+                        .unwrap_or(idle.len());
+                    let mut rest = idle.split_off(keep_from);
+                    rest.retain(|i| !i.tx.is_closed());
+                    std::mem::replace(&mut *idle, rest)
+                }
+                Err(_) => return,
+            };
+            // Dropping the senders lets each connection's task close its socket.
+            drop(expired);
+        }
+    });
+}
+
+/// An HTTP/1.1 response body that gives its connection back to the pool once it has been
+/// read to its end. A body dropped before its end closes the connection instead: the rest of
+/// the response would still be on the wire.
+pub struct PooledBody {
+    body: Incoming,
+    tx: Option<http1::SendRequest<Body>>,
+    pool: Weak<Inner>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let (Some(tx), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
+            pool.checkin(tx);
+        }
+    }
+}
+
+impl http_body::Body for PooledBody {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            std::task::Poll::Ready(None) => self.release(),
+            std::task::Poll::Ready(Some(Err(_))) => self.tx = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A server may stop polling a body of known length once it says it is at its end,
+        // and never polls an empty one.
+        if self.tx.is_some() && self.body.is_end_stream() {
+            self.release();
+        }
+    }
+}
+
+fn make_connector(settings: &ClientSettings, tls: rustls::ClientConfig, h2: bool) -> Connector {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(settings.connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1();
+    if h2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    }
+}
+
+/// `Host` as HTTP/1.1 clients send it: the host, and the port unless it is the scheme's default.
+fn host_header(upstream: &Upstream) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    let auth = upstream.authority();
+    let default = if upstream.is_https() { 443 } else { 80 };
+    match auth.port_u16() {
+        Some(p) if p != default => HeaderValue::from_str(&format!("{}:{p}", auth.host())),
+        _ => HeaderValue::from_str(auth.host()),
+    }
+}
+
+/// The absolute-form URI HTTP/2 needs (`:scheme`, `:authority`, `:path`).
+fn absolute(base: &Uri, origin: Uri) -> Uri {
+    let mut parts = origin.into_parts();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(PathAndQuery::from_static("/"));
+    }
+    Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+}

@@ -1,0 +1,211 @@
+//! The upstream connection pool against the real binary: connections are reused across
+//! requests and app connections, never reused after an abandoned response, replaced
+//! transparently when the upstream closes them, and closed after the idle timeout.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use support::client::empty;
+use support::scripted::Scripted;
+use support::{
+    raw_request, wait_until, Client, Sidecar, SidecarBuilder, Upstream, DEADLINE, MARKER,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn setup() -> (Upstream, Sidecar) {
+    let up = Upstream::start().await;
+    let sc = SidecarBuilder::new(&up.url(""))
+        .static_token(MARKER)
+        .start()
+        .await;
+    (up, sc)
+}
+
+#[tokio::test]
+async fn sequential_requests_share_one_upstream_connection() {
+    let (up, sc) = setup().await;
+    let client = Client::http1();
+    for i in 0..20 {
+        let r = client.get(&sc.url(&format!("/seq/{i}"))).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    // A new app connection per request: the upstream connection still carries them all.
+    for i in 0..10 {
+        let req = format!("GET /fresh/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let r = raw_request(sc.route_addr("default"), req.as_bytes()).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(up.request_count(), 30);
+    assert_eq!(
+        up.connections(),
+        1,
+        "every request should reuse the first connection"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_reuse_their_connections() {
+    let (up, sc) = setup().await;
+    let client = Client::http1();
+    let mut after_first_round = 0;
+    for round in 0..5 {
+        let urls: Vec<String> = (0..16)
+            .map(|i| sc.url(&format!("/c/{round}/{i}")))
+            .collect();
+        let replies = futures_util::future::join_all(urls.iter().map(|u| client.get(u))).await;
+        assert!(replies.iter().all(|r| r.status == 200));
+        if round == 0 {
+            after_first_round = up.connections();
+        }
+    }
+    assert_eq!(up.request_count(), 80);
+    assert!(
+        (1..=16).contains(&after_first_round),
+        "{after_first_round} connections for 16 concurrent requests"
+    );
+    // Later rounds find idle connections instead of opening new ones (a few more may be
+    // opened when a round's requests arrive before the previous round's connections are
+    // idle again, but never one per request).
+    assert!(
+        up.connections() <= 32,
+        "{} connections for 80 requests, 16 at a time",
+        up.connections()
+    );
+}
+
+#[tokio::test]
+async fn a_response_abandoned_halfway_does_not_leave_its_connection_in_the_pool() {
+    let (up, sc) = setup().await;
+    {
+        let client = Client::http1();
+        let resp = client
+            .send_streaming(
+                Request::get(sc.url("/large-download?size=33554432"))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.data_ref().is_some_and(|d| !d.is_empty()));
+        // The app goes away with 32 MiB still to come.
+    }
+    // The next requests must not land on the connection with the rest of that body.
+    let client = Client::http1();
+    for i in 0..5 {
+        let r = client.get(&sc.url(&format!("/after/{i}"))).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(up.last().path_and_query(), format!("/after/{i}"));
+    }
+    assert_eq!(
+        up.connections(),
+        2,
+        "one connection for the abandoned download, one reused for the rest"
+    );
+}
+
+/// An upstream that answers one request per connection and then closes it, without saying
+/// `Connection: close`, as servers do when their keep-alive timeout fires.
+async fn one_shot_upstream() -> Scripted {
+    Scripted::start(|mut c| async move {
+        if c.read_request().await.is_some() {
+            let body = format!("conn {}", c.index);
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = c.stream.write_all(resp.as_bytes()).await;
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn connections_closed_by_the_upstream_are_replaced_without_failing_requests() {
+    let up = one_shot_upstream().await;
+    let sc = SidecarBuilder::new(&up.url(""))
+        .static_token(MARKER)
+        .start()
+        .await;
+    let client = Client::http1();
+    for i in 0..20 {
+        let r = client.get(&sc.url(&format!("/r/{i}"))).await;
+        assert_eq!(r.status, 200, "request {i}: {}", r.text());
+        assert_eq!(r.text(), format!("conn {i}"));
+    }
+    assert_eq!(up.connections(), 20);
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
+    let closed = Arc::new(AtomicBool::new(false));
+    let answered_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let idle_for = Arc::new(std::sync::Mutex::new(None::<Duration>));
+    let (c2, a2, i2) = (closed.clone(), answered_at.clone(), idle_for.clone());
+    let up = Scripted::start(move |mut c| {
+        let (closed, answered_at, idle_for) = (c2.clone(), a2.clone(), i2.clone());
+        async move {
+            while c.read_request().await.is_some() {
+                let _ = c
+                    .stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+                *answered_at.lock().unwrap() = Some(Instant::now());
+            }
+            // `read_request` returned None: the sidecar closed the connection.
+            let since = answered_at.lock().unwrap().map(|t| t.elapsed());
+            *idle_for.lock().unwrap() = since;
+            closed.store(true, Ordering::SeqCst);
+            let mut rest = Vec::new();
+            let _ = c.stream.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let sc = SidecarBuilder::new(&up.url(""))
+        .static_token(MARKER)
+        .args(["--upstream-idle-timeout", "1s"])
+        .start()
+        .await;
+    let r = Client::http1().get(&sc.url("/once")).await;
+    assert_eq!(r.status, 200);
+    wait_until(
+        DEADLINE,
+        "the idle upstream connection to be closed",
+        || closed.load(Ordering::SeqCst),
+    )
+    .await;
+    let idle = idle_for.lock().unwrap().expect("answered before closing");
+    assert!(
+        idle >= Duration::from_millis(900),
+        "closed after {idle:?} idle, before the 1s idle timeout"
+    );
+    assert_eq!(up.connections(), 1);
+}
+
+#[tokio::test]
+async fn a_bad_upstream_idle_timeout_is_refused() {
+    let out = support::sidecar::run_once(
+        [
+            "check",
+            "--grant",
+            "static",
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--upstream-idle-timeout",
+            "0s",
+        ],
+        &[("TOKEN_SIDECAR_STATIC_TOKEN", "x")],
+    );
+    assert_eq!(out.code, Some(64), "{}", out.all());
+    assert!(
+        out.all().contains("--upstream-idle-timeout"),
+        "{}",
+        out.all()
+    );
+}
