@@ -250,10 +250,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             rc.header_read_timeout,
             move |_peer| {
                 let route = route.clone();
-                move |req| {
-                    let route = route.clone();
-                    async move { route.handle(req).await }
-                }
+                move |req| route.handle(req)
             },
             open,
             shutdown.clone(),
@@ -275,7 +272,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let shared = shared.clone();
                 move |req| {
                     let shared = shared.clone();
-                    async move { crate::admin::handle(shared, peer, req).await }
+                    async move { Ok(crate::admin::handle(shared, peer, req).await) }
                 }
             },
             open,

@@ -116,7 +116,8 @@ where
 
 /// Serves `listener` until `shutdown` fires, then lets open connections finish their
 /// in-flight requests (bounded by the caller). `make` builds the request handler of each
-/// connection from the peer's address.
+/// connection from the peer's address; handlers never fail (`Infallible`): every problem is
+/// a response.
 pub async fn serve<M, H, F>(
     listener: TcpListener,
     builder: ConnBuilder,
@@ -127,7 +128,7 @@ pub async fn serve<M, H, F>(
 ) where
     M: Fn(SocketAddr) -> H,
     H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Body>> + Send + 'static,
+    F: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
     let connections = TaskTracker::new();
     loop {
@@ -145,10 +146,8 @@ pub async fn serve<M, H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handler = make(peer);
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-            let handler = handler.clone();
-            async move { Ok::<_, Infallible>(handler(req).await) }
-        });
+        // The handler's future goes to hyper as it is: no wrapping future to move around.
+        let service = hyper::service::service_fn(handler);
         let builder = builder.clone();
         let open = open.clone();
         let shutdown = shutdown.clone();

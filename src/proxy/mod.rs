@@ -10,14 +10,18 @@
 //! 6. upstream failures become the sidecar's own 502/504 answers (see [`crate::error`]).
 
 pub mod client;
+mod deadline;
 pub mod pool;
 pub mod rewrite;
 
+use std::convert::Infallible;
 use std::error::Error as StdError;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::header::HeaderName;
+use futures_util::FutureExt as _;
+use http::header::{HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -51,6 +55,28 @@ pub struct RouteSettings {
     pub refresh_on_401: bool,
     /// Request bodies up to this size are kept for a replay.
     pub retry_body_limit: u64,
+}
+
+/// What [`Route::prepare`] decided.
+enum Step {
+    /// The sidecar answers itself (a refused request, no token).
+    Answer(Response<Body>),
+    /// Ready to go upstream.
+    Forward(Forward),
+    /// A body that may be replayed after a 401 must be read first; the token header (the
+    /// second field) goes on after that.
+    BufferFirst(Box<(Forward, HeaderValue)>, Incoming),
+}
+
+/// A request ready for the upstream, and what its answer needs.
+struct Forward {
+    out: Request<Body>,
+    /// The token version the request carries.
+    version: u64,
+    upgrade: bool,
+    on_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    /// The head and body to send again after a 401.
+    replay: Option<Box<(http::request::Parts, bytes::Bytes)>>,
 }
 
 /// One route: a listener's fixed upstream, token and client.
@@ -112,21 +138,45 @@ impl Route {
     }
 
     /// Answers one request from the app. Never fails: every problem becomes a response.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<Body> {
+    ///
+    /// The checks and header rewriting run synchronously here; the returned future holds only
+    /// the outgoing request and the exchange with the upstream. It is kept small on purpose:
+    /// the server moves it into place for every request.
+    pub fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+    ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let start = Instant::now();
-        let method = req.method().clone();
-        let debug = tracing::enabled!(tracing::Level::DEBUG);
-        let path = if debug {
-            req.uri().path().to_owned()
-        } else {
-            String::new()
-        };
-        let resp = self.forward(req, start).await;
+        let route = Arc::clone(self);
+        let log = tracing::enabled!(tracing::Level::DEBUG)
+            .then(|| Box::new((req.method().clone(), req.uri().path().to_owned())));
+        let step = route.prepare(req, start);
+        async move {
+            let resp = match step {
+                Step::Answer(resp) => resp,
+                Step::Forward(fwd) => route.exchange(fwd).await,
+                Step::BufferFirst(fwd, body) => {
+                    Box::pin(route.clone().buffer_then_exchange(fwd, body)).await
+                }
+            };
+            route.observe(&resp, start, log);
+            Ok(resp)
+        }
+    }
+
+    /// Counts and (at debug level) logs a finished request.
+    fn observe(
+        &self,
+        resp: &Response<Body>,
+        start: Instant,
+        log: Option<Box<(http::Method, String)>>,
+    ) {
         let status = resp.status().as_u16();
         self.metrics.count(status);
         let elapsed = start.elapsed();
         self.metrics.duration.observe(elapsed.as_secs_f64());
-        if debug {
+        if let Some(log) = log {
+            let (method, path) = *log;
             tracing::debug!(
                 route = %self.name,
                 method = %method,
@@ -137,7 +187,6 @@ impl Route {
                 "request"
             );
         }
-        resp
     }
 
     fn reject(&self, kind: ErrorKind, message: &str) -> Response<Body> {
@@ -145,27 +194,28 @@ impl Route {
         error_response(kind, message)
     }
 
-    async fn forward(&self, mut req: Request<Incoming>, now: Instant) -> Response<Body> {
+    /// Everything before the upstream is involved: limits, target, token, headers.
+    fn prepare(&self, mut req: Request<Incoming>, now: Instant) -> Step {
         if header_list_size(req.headers()) > self.max_request_header_bytes {
-            return self.reject(
+            return Step::Answer(self.reject(
                 ErrorKind::HeaderTooLarge,
                 "The request headers are larger than this sidecar accepts.",
-            );
+            ));
         }
         let target = match check_target(req.method(), req.version(), req.uri(), &self.upstream) {
             Ok(t) => t,
-            Err(e) => return self.reject(ErrorKind::BadRequest, &e.to_string()),
+            Err(e) => return Step::Answer(self.reject(ErrorKind::BadRequest, &e.to_string())),
         };
         let (token_header, version) = match self.store.load().as_ref() {
             Some(t) if t.is_valid_at(now) => (t.header(self.header_index).clone(), t.version()),
             _ => {
                 self.metrics.rejected(ErrorKind::TokenUnavailable.as_str());
-                return token_unavailable(self.store.retry_after());
+                return Step::Answer(token_unavailable(self.store.retry_after()));
             }
         };
         let uri = match self.upstream.path(target) {
             Ok(pq) => http::Uri::from(pq),
-            Err(e) => return self.reject(ErrorKind::BadRequest, &e.to_string()),
+            Err(e) => return Step::Answer(self.reject(ErrorKind::BadRequest, &e.to_string())),
         };
         let upgrade = is_upgrade(req.headers(), req.version());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -179,35 +229,75 @@ impl Route {
 
         // Keep what a replay after a 401 needs: the request head and a small body.
         let replayable = self.refresh_on_401 && !upgrade;
-        let (body, replay) = if replayable && http_body::Body::is_end_stream(&body) {
-            (
-                Body::Empty,
-                Some(Box::new((clone_head(&parts), bytes::Bytes::new()))),
-            )
+        let replay = if replayable && http_body::Body::is_end_stream(&body) {
+            let head = clone_head(&parts.method, &parts.uri, parts.version, &parts.headers);
+            Some(Box::new((head, bytes::Bytes::new())))
         } else if replayable {
-            // Boxed: only requests with a body wait here.
-            match Box::pin(crate::body::buffer_for_replay(body, self.retry_body_limit)).await {
-                Ok((body, Some(bytes))) => (body, Some(Box::new((clone_head(&parts), bytes)))),
-                Ok((body, None)) => (body, None),
-                Err(e) => {
-                    tracing::debug!(route = %self.name, error = %e, "reading the request body failed");
-                    return self
-                        .reject(ErrorKind::BadRequest, "The request body could not be read.");
-                }
-            }
+            // The body must be read first; the token header goes on once it has been.
+            let fwd = Forward {
+                out: Request::from_parts(parts, Body::Empty),
+                version,
+                upgrade,
+                on_upgrade,
+                replay: None,
+            };
+            return Step::BufferFirst(Box::new((fwd, token_header)), body);
         } else {
-            (Body::Incoming(body), None)
+            None
         };
-
         parts.headers.insert(self.header_name.clone(), token_header);
-        let out = Request::from_parts(parts, body);
-        let mut resp = match self.send(out, upgrade).await {
+        let body = if http_body::Body::is_end_stream(&body) {
+            Body::Empty
+        } else {
+            Body::Incoming(body)
+        };
+        Step::Forward(Forward {
+            out: Request::from_parts(parts, body),
+            version,
+            upgrade,
+            on_upgrade,
+            replay,
+        })
+    }
+
+    /// A request with a body that may be replayed after a 401: keeps a copy of a small body,
+    /// then goes on like any other request.
+    async fn buffer_then_exchange(
+        self: Arc<Self>,
+        fwd: Box<(Forward, HeaderValue)>,
+        body: Incoming,
+    ) -> Response<Body> {
+        let (mut fwd, token_header) = *fwd;
+        match crate::body::buffer_for_replay(body, self.retry_body_limit).await {
+            Ok((body, kept)) => {
+                if let Some(bytes) = kept {
+                    let out = &fwd.out;
+                    let head = clone_head(out.method(), out.uri(), out.version(), out.headers());
+                    fwd.replay = Some(Box::new((head, bytes)));
+                }
+                fwd.out
+                    .headers_mut()
+                    .insert(self.header_name.clone(), token_header);
+                *fwd.out.body_mut() = body;
+                self.exchange(fwd).await
+            }
+            Err(e) => {
+                tracing::debug!(route = %self.name, error = %e, "reading the request body failed");
+                self.reject(ErrorKind::BadRequest, "The request body could not be read.")
+            }
+        }
+    }
+
+    /// Sends the prepared request and turns the upstream's answer into the app's response.
+    async fn exchange(&self, fwd: Forward) -> Response<Body> {
+        let mut resp = match self.send(fwd.out, fwd.upgrade).await {
             Ok(r) => r,
             Err(r) => return r,
         };
 
         if resp.status() == StatusCode::UNAUTHORIZED && self.refresh_on_401 {
-            match replay.map(|r| *r) {
+            let version = fwd.version;
+            match fwd.replay.map(|r| *r) {
                 Some((head, bytes)) => {
                     // Boxed: a rare path, kept out of every request's future.
                     let replay = Box::pin(self.replay_after_401(version, head, bytes));
@@ -229,7 +319,7 @@ impl Route {
         }
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(on_upgrade)) = (switching, on_upgrade) {
+        if let (true, Some(on_upgrade)) = (switching, fwd.on_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let route = self.name.clone();
             tokio::spawn(async move {
@@ -247,7 +337,7 @@ impl Route {
                 }
             });
         }
-        self.response(resp, switching && upgrade)
+        self.response(resp, switching && fwd.upgrade)
     }
 
     fn response(&self, mut resp: Response<Body>, upgraded: bool) -> Response<Body> {
@@ -256,11 +346,13 @@ impl Route {
     }
 
     /// Sends one request upstream within the timeout; failures become the sidecar's answer.
-    async fn send(
+    // Both variants are responses of the same size: the error is the sidecar's own answer.
+    #[allow(clippy::result_large_err)]
+    fn send(
         &self,
         req: Request<Body>,
         upgrade: bool,
-    ) -> Result<Response<Body>, Response<Body>> {
+    ) -> impl Future<Output = Result<Response<Body>, Response<Body>>> + Send + '_ {
         // The upstream's time to answer starts once the app's body has been sent: a slow
         // upload is not an upstream timeout.
         let (req, body_sent) =
@@ -271,28 +363,21 @@ impl Route {
                 let (body, sent) = body.watched();
                 (Request::from_parts(parts, body), Some(sent))
             };
-        let deadline = async {
-            if let Some(sent) = body_sent {
-                let _ = sent.await;
-            }
-            tokio::time::sleep(self.upstream_timeout).await;
-        };
-        let result = tokio::select! {
-            r = self.pool.send(req, upgrade) => Ok(r),
-            () = deadline => Err(()),
-        };
-        match result {
-            Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(self.upstream_failure(&e)),
-            Err(()) => {
-                self.metrics.upstream_error("timeout");
-                tracing::warn!(route = %self.name, timeout = ?self.upstream_timeout, "upstream did not answer in time");
-                Err(self.reject(
-                    ErrorKind::UpstreamTimeout,
-                    "The upstream did not answer in time.",
-                ))
-            }
-        }
+        // Combinators rather than an async block: the pool's future is polled where it is,
+        // never moved into a second slot.
+        deadline::Deadline::new(self.pool.send(req, upgrade), self.upstream_timeout, body_sent)
+            .map(move |result| match result {
+                Some(Ok(resp)) => Ok(resp),
+                Some(Err(e)) => Err(self.upstream_failure(&e)),
+                None => {
+                    self.metrics.upstream_error("timeout");
+                    tracing::warn!(route = %self.name, timeout = ?self.upstream_timeout, "upstream did not answer in time");
+                    Err(self.reject(
+                        ErrorKind::UpstreamTimeout,
+                        "The upstream did not answer in time.",
+                    ))
+                }
+            })
     }
 
     /// After a 401 to a request sent with token `version`: obtains a newer token (single-flight)
@@ -343,13 +428,18 @@ impl Route {
 }
 
 /// A copy of a request head for a replay (the body is kept separately).
-fn clone_head(parts: &http::request::Parts) -> http::request::Parts {
+fn clone_head(
+    method: &http::Method,
+    uri: &http::Uri,
+    version: Version,
+    headers: &http::HeaderMap,
+) -> http::request::Parts {
     let mut b = Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone())
-        .version(parts.version);
+        .method(method.clone())
+        .uri(uri.clone())
+        .version(version);
     if let Some(h) = b.headers_mut() {
-        *h = parts.headers.clone();
+        *h = headers.clone();
     }
     // A builder fed with values from valid parts cannot fail.
     b.body(())

@@ -9,7 +9,10 @@
 //! connections idle for longer than the idle timeout.
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use http::header::{HeaderValue, HOST};
@@ -17,10 +20,11 @@ use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pin_project_lite::pin_project;
 use tower::Service as _;
 
 use super::client::{tls_config, ClientError, ClientSettings};
@@ -90,6 +94,57 @@ enum Conn {
     H2(http2::SendRequest<Body>),
 }
 
+type SlowSend = Pin<Box<dyn Future<Output = Result<Response<Body>, SendError>> + Send>>;
+
+pin_project! {
+    /// The future of [`Pool::send`].
+    #[project = PoolSendProj]
+    #[allow(missing_docs)]
+    pub enum PoolSend<F> {
+        /// On an idle connection that was ready: hyper's request future, and the connection
+        /// to give back once the response body has been read.
+        // Fields: hyper's request future, the connection it was sent on, and the pool the
+        // connection goes back to.
+        Ready {
+            #[pin]
+            fut: F,
+            tx: Option<http1::SendRequest<Body>>,
+            pool: Pool,
+        },
+        /// Everything else.
+        Slow {
+            fut: SlowSend,
+        },
+    }
+}
+
+impl<F> Future for PoolSend<F>
+where
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>>,
+{
+    type Output = Result<Response<Body>, SendError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let slow = match self.as_mut().project() {
+            PoolSendProj::Slow { fut } => return fut.as_mut().poll(cx),
+            PoolSendProj::Ready { fut, tx, pool } => match ready!(fut.poll(cx)) {
+                Ok(resp) => match tx.take() {
+                    Some(tx) => return Poll::Ready(Ok(pool.pooled(resp, tx))),
+                    None => return Poll::Ready(Ok(resp.map(Body::Incoming))),
+                },
+                Err(mut e) => match e.take_message() {
+                    // Closed before the request went out: the request is intact and goes on
+                    // another connection.
+                    Some(unsent) => Box::pin(pool.clone().send_slow(unsent, false)),
+                    None => return Poll::Ready(Err(SendError::Request(e.into_error()))),
+                },
+            },
+        };
+        self.set(PoolSend::Slow { fut: slow });
+        self.poll(cx)
+    }
+}
+
 /// How many times a request is moved to another connection when a pooled one turns out to
 /// be closed before the request was written to it.
 const MAX_UNSENT_RETRIES: usize = 3;
@@ -139,44 +194,45 @@ impl Pool {
     ///
     /// An `upgrade` request (WebSocket) gets a fresh HTTP/1.1 connection of its own that
     /// is never pooled: after a `101` it belongs to the upgraded stream.
-    pub async fn send(
+    pub fn send(
         &self,
         mut req: Request<Body>,
         upgrade: bool,
-    ) -> Result<Response<Body>, SendError> {
-        // The common case, inline: an idle HTTP/1.1 connection ready for the next request.
-        // Everything else (connecting, HTTP/2, retries, upgrades) is in a boxed future, so
-        // that the future of every request stays small: it is moved several times per request.
+    ) -> PoolSend<
+        impl Future<Output = Result<Response<Incoming>, TrySendError<Request<Body>>>> + Send,
+    > {
+        // The common case, polled in place: an idle HTTP/1.1 connection ready for the next
+        // request. Everything else (connecting, HTTP/2, retries, upgrades) is a boxed future.
         if !upgrade {
             if let Some(mut tx) = self.inner.pop_ready() {
                 req.headers_mut().insert(HOST, self.inner.host.clone());
-                match tx.try_send_request(req).await {
-                    Ok(resp) => return Ok(self.pooled(resp, tx)),
-                    Err(mut e) => match e.take_message() {
-                        // Closed before the request went out: the request is intact.
-                        Some(unsent) => req = unsent,
-                        None => return Err(SendError::Request(e.into_error())),
-                    },
-                }
+                return PoolSend::Ready {
+                    fut: tx.try_send_request(req),
+                    tx: Some(tx),
+                    pool: self.clone(),
+                };
             }
         }
-        Box::pin(self.send_slow(req, upgrade)).await
+        PoolSend::Slow {
+            fut: Box::pin(self.clone().send_slow(req, upgrade)),
+        }
     }
 
     async fn send_slow(
-        &self,
+        self,
         mut req: Request<Body>,
         upgrade: bool,
     ) -> Result<Response<Body>, SendError> {
+        // Connecting is rare and its future large (it holds the TLS state).
         if upgrade {
-            let tx = self.inner.connect_h1_for_upgrade().await?;
+            let tx = Box::pin(self.inner.connect_h1_for_upgrade()).await?;
             return self.send_h1(tx, req).await.map_err(|(e, _)| e);
         }
         let mut attempts = 0;
         loop {
             let (conn, reused) = match self.inner.checkout().await {
                 Some(c) => (c, true),
-                None => (self.inner.connect().await?, false),
+                None => (Box::pin(self.inner.connect()).await?, false),
             };
             let result = match conn {
                 Conn::H2(tx) => return self.send_h2(tx, req).await,
