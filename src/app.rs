@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, Grant};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::client::ClientSettings;
-use crate::proxy::pool::Pool;
+use crate::proxy::pool::{Pool, PoolLimits};
 use crate::proxy::{Route, RouteSettings};
 use crate::server::{self, ListenerSettings};
 use crate::token::file::FileSource;
@@ -179,7 +179,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 pool_idle_timeout: rc.upstream_idle_timeout,
                 ca_file: rc.upstream_ca_file.clone(),
             },
-            MAX_IDLE_CONNECTIONS,
+            PoolLimits {
+                max_idle: MAX_IDLE_CONNECTIONS,
+                max_connections: rc.max_upstream_connections,
+            },
+            metrics
+                .upstream_connections
+                .with_label_values(&[rc.name.as_str()]),
         )
         .map_err(|source| StartError::Client {
             route: rc.name.clone(),

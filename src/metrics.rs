@@ -34,6 +34,8 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// `token_sidecar_open_connections{listener}`.
     pub open_connections: IntGaugeVec,
+    /// `token_sidecar_upstream_connections{route}`.
+    pub upstream_connections: IntGaugeVec,
     /// `token_sidecar_shared_store_operations_total{token,op,result}`.
     pub shared_ops: IntCounterVec,
     /// `token_sidecar_shared_lock_acquisitions_total{token}`.
@@ -138,6 +140,12 @@ impl Metrics {
             "Connections currently open from apps, by listener.",
             &["listener"],
         );
+        let upstream_connections = int_gauge(
+            &registry,
+            "token_sidecar_upstream_connections",
+            "Connections currently open to the upstream, by route.",
+            &["route"],
+        );
         let shared_ops = counter(
             &registry,
             "token_sidecar_shared_store_operations_total",
@@ -164,6 +172,7 @@ impl Metrics {
             token_version,
             rejected,
             open_connections,
+            upstream_connections,
         }
     }
 

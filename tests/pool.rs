@@ -13,7 +13,8 @@ use http_body_util::BodyExt;
 use support::client::empty;
 use support::scripted::Scripted;
 use support::{
-    raw_request, wait_until, Client, Sidecar, SidecarBuilder, Upstream, DEADLINE, MARKER,
+    eventually, metrics, raw_request, wait_until, Client, Sidecar, SidecarBuilder, Upstream,
+    DEADLINE, MARKER,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -188,8 +189,8 @@ async fn idle_upstream_connections_are_closed_after_the_idle_timeout() {
     assert_eq!(up.connections(), 1);
 }
 
-#[tokio::test]
-async fn a_bad_upstream_idle_timeout_is_refused() {
+/// `check` with `flag value` exits 64 and names the flag.
+fn assert_refused(flag: &str, value: &str) {
     let out = support::sidecar::run_once(
         [
             "check",
@@ -197,15 +198,73 @@ async fn a_bad_upstream_idle_timeout_is_refused() {
             "static",
             "--upstream",
             "http://127.0.0.1:9",
-            "--upstream-idle-timeout",
-            "0s",
+            flag,
+            value,
         ],
         &[("TOKEN_SIDECAR_STATIC_TOKEN", "x")],
     );
     assert_eq!(out.code, Some(64), "{}", out.all());
-    assert!(
-        out.all().contains("--upstream-idle-timeout"),
-        "{}",
-        out.all()
+    assert!(out.all().contains(flag), "{}", out.all());
+}
+
+#[test]
+fn a_bad_upstream_idle_timeout_is_refused() {
+    assert_refused("--upstream-idle-timeout", "0s");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_connection_limit_wait_for_a_connection() {
+    let up = Upstream::start().await;
+    let sc = SidecarBuilder::new(&up.url(""))
+        .static_token(MARKER)
+        .args(["--max-upstream-connections", "2"])
+        .start()
+        .await;
+    let gauge = |m: &str, name: &str, label: (&str, &str)| metrics::value(m, name, &[label]);
+    let client = Client::http1();
+    let urls: Vec<String> = (0..5).map(|i| sc.url(&format!("/hold/{i}"))).collect();
+    let all = futures_util::future::join_all(urls.iter().map(|u| client.get(u)));
+    let check = async {
+        // All five reached the sidecar; two went upstream, three wait for a connection.
+        eventually(
+            DEADLINE,
+            "five app connections and two upstream requests",
+            || async {
+                let m = sc.metrics().await;
+                gauge(
+                    &m,
+                    "token_sidecar_open_connections",
+                    ("listener", "default"),
+                ) == Some(5.0)
+                    && up.request_count() == 2
+            },
+        )
+        .await;
+        let m = sc.metrics().await;
+        assert_eq!(
+            gauge(
+                &m,
+                "token_sidecar_upstream_connections",
+                ("route", "default")
+            ),
+            Some(2.0),
+            "{m}"
+        );
+        assert_eq!(up.request_count(), 2);
+        up.release_hold();
+    };
+    let (replies, ()) = tokio::join!(all, check);
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(up.request_count(), 5);
+    assert_eq!(
+        up.connections(),
+        2,
+        "the waiting requests reuse the two connections"
     );
+}
+
+#[test]
+fn a_bad_connection_limit_is_refused() {
+    assert_refused("--max-upstream-connections", "lots");
+    assert_refused("--max-upstream-connections", "100000");
 }

@@ -47,6 +47,7 @@ pub struct RawRoute {
     pub upstream_timeout: Option<String>,
     pub connect_timeout: Option<String>,
     pub upstream_idle_timeout: Option<String>,
+    pub max_upstream_connections: Option<u64>,
     pub header_read_timeout: Option<String>,
     pub max_request_header_bytes: Option<u64>,
 }

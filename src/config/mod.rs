@@ -88,6 +88,8 @@ pub struct RouteConfig {
     pub connect_timeout: Duration,
     /// Idle upstream connections are closed after this time.
     pub upstream_idle_timeout: Duration,
+    /// Upstream connections open at once, at most (0: no limit).
+    pub max_upstream_connections: usize,
     /// Time an app has to send request headers; idle keep-alive connections close after it.
     pub header_read_timeout: Duration,
     /// Request header blocks over this size get 431.
@@ -961,6 +963,18 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             ),
             Duration::from_secs(90),
         );
+        let max_upstream_connections = c.number(
+            pick(
+                &f.max_upstream_connections,
+                "max-upstream-connections",
+                &u64_str(&r.max_upstream_connections),
+                &k("max_upstream_connections"),
+            ),
+            256,
+        );
+        if max_upstream_connections > 65536 {
+            c.err(format!("--max-upstream-connections (or `{}`): {max_upstream_connections} is out of range (0..=65536; 0 means no limit)", k("max_upstream_connections")));
+        }
         let header_read_timeout = c.duration(
             pick(
                 &f.header_read_timeout,
@@ -1009,6 +1023,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 upstream_timeout,
                 connect_timeout,
                 upstream_idle_timeout,
+                max_upstream_connections: max_upstream_connections as usize,
                 header_read_timeout,
                 max_request_header_bytes: max_request_header_bytes as usize,
             });
@@ -1056,7 +1071,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
 }
 
 fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Checker) {
-    let route_flags: [(&str, bool); 12] = [
+    let route_flags: [(&str, bool); 13] = [
         ("listen", flags.listen.is_some()),
         ("upstream", flags.upstream.is_some()),
         ("upstream-ca-file", flags.upstream_ca_file.is_some()),
@@ -1069,6 +1084,10 @@ fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Chec
         (
             "upstream-idle-timeout",
             flags.upstream_idle_timeout.is_some(),
+        ),
+        (
+            "max-upstream-connections",
+            flags.max_upstream_connections.is_some(),
         ),
         ("header-read-timeout", flags.header_read_timeout.is_some()),
         (

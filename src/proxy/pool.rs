@@ -25,6 +25,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
+use prometheus::IntGauge;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tower::Service as _;
 
 use super::client::{tls_config, ClientError, ClientSettings};
@@ -81,7 +83,45 @@ struct Inner {
     shared_h2: Mutex<Option<http2::SendRequest<Body>>>,
     idle_timeout: Duration,
     max_idle: usize,
+    /// Permits for opening connections (`None`: no limit); each open connection holds one.
+    limit: Option<Arc<Semaphore>>,
+    /// Signalled when a connection goes back on the idle stack while at the limit.
+    idle_ready: Notify,
+    /// Open connections (upgrades included).
+    open: IntGauge,
     reaper: std::sync::Once,
+}
+
+/// How many connections a pool keeps and opens.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Idle HTTP/1.1 connections kept for reuse, at most.
+    pub max_idle: usize,
+    /// Connections open at once, at most, upgrades aside (0: no limit). Requests beyond it
+    /// wait for a connection to come back idle or to close.
+    pub max_connections: usize,
+}
+
+/// What an open connection holds until it closes: its permit and its place in the gauge.
+struct Held {
+    _permit: Option<OwnedSemaphorePermit>,
+    open: IntGauge,
+}
+
+impl Held {
+    fn new(permit: Option<OwnedSemaphorePermit>, open: &IntGauge) -> Self {
+        open.inc();
+        Held {
+            _permit: permit,
+            open: open.clone(),
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
 }
 
 struct Idle {
@@ -150,11 +190,12 @@ where
 const MAX_UNSENT_RETRIES: usize = 3;
 
 impl Pool {
-    /// A pool for `upstream`, keeping at most `max_idle` idle HTTP/1.1 connections.
+    /// A pool for `upstream`; `open` counts its open connections.
     pub fn new(
         upstream: &Upstream,
         settings: &ClientSettings,
-        max_idle: usize,
+        limits: PoolLimits,
+        open: IntGauge,
     ) -> Result<Self, ClientError> {
         let roots = super::client::root_store(settings.ca_file.as_deref())?;
         let connector = make_connector(settings, tls_config(roots.clone())?, true);
@@ -183,7 +224,11 @@ impl Pool {
                 idle: Mutex::new(Vec::new()),
                 shared_h2: Mutex::new(None),
                 idle_timeout: settings.pool_idle_timeout,
-                max_idle,
+                max_idle: limits.max_idle,
+                limit: (limits.max_connections > 0)
+                    .then(|| Arc::new(Semaphore::new(limits.max_connections))),
+                idle_ready: Notify::new(),
+                open,
                 reaper: std::sync::Once::new(),
             }),
         })
@@ -230,10 +275,7 @@ impl Pool {
         }
         let mut attempts = 0;
         loop {
-            let (conn, reused) = match self.inner.checkout().await {
-                Some(c) => (c, true),
-                None => (Box::pin(self.inner.connect()).await?, false),
-            };
+            let (conn, reused) = self.inner.acquire().await?;
             let result = match conn {
                 Conn::H2(tx) => return self.send_h2(tx, req).await,
                 Conn::H1(tx) => self.send_h1(tx, req).await,
@@ -306,6 +348,35 @@ impl Inner {
         }
     }
 
+    /// A connection for a request: a pooled one, else a new one, else (at the limit) the
+    /// first to come back idle or to make room. `true` with a pooled connection.
+    async fn acquire(self: &Arc<Self>) -> Result<(Conn, bool), SendError> {
+        loop {
+            // Registered before looking, so that a connection coming back in between is seen.
+            let notified = self.idle_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if let Some(c) = self.checkout().await {
+                return Ok((c, true));
+            }
+            let permit = match &self.limit {
+                None => None,
+                Some(limit) => match limit.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => tokio::select! {
+                        () = &mut notified => continue,
+                        p = limit.clone().acquire_owned() => match p {
+                            Ok(p) => Some(p),
+                            // Never closed; look again.
+                            Err(_) => continue,
+                        },
+                    },
+                },
+            };
+            return Ok((Box::pin(self.connect(permit)).await?, false));
+        }
+    }
+
     /// A usable pooled connection: the shared HTTP/2 one, else the most recently idle HTTP/1.1.
     async fn checkout(self: &Arc<Self>) -> Option<Conn> {
         if let Ok(h2) = self.shared_h2.lock() {
@@ -343,6 +414,14 @@ impl Inner {
             since: Instant::now(),
         });
         drop(idle);
+        // Requests may be waiting for a connection only when no more can be opened.
+        if self
+            .limit
+            .as_ref()
+            .is_some_and(|l| l.available_permits() == 0)
+        {
+            self.idle_ready.notify_one();
+        }
         self.reaper
             .call_once(|| spawn_reaper(Arc::downgrade(self), self.idle_timeout));
     }
@@ -359,15 +438,19 @@ impl Inner {
     }
 
     /// Opens a connection; HTTP/2 when ALPN says so (it then becomes the shared one).
-    async fn connect(self: &Arc<Self>) -> Result<Conn, SendError> {
+    async fn connect(
+        self: &Arc<Self>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Conn, SendError> {
         let io = self.open(&self.connector).await?;
+        let held = Held::new(permit, &self.open);
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = self
                 .h2
                 .handshake(io)
                 .await
                 .map_err(|e| SendError::Connect(Box::new(e)))?;
-            spawn_connection(conn);
+            spawn_connection(conn, held);
             if let Ok(mut shared) = self.shared_h2.lock() {
                 if shared.as_ref().is_none_or(|s| s.is_closed()) {
                     *shared = Some(tx.clone());
@@ -380,7 +463,7 @@ impl Inner {
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
-        spawn_connection(conn);
+        spawn_connection(conn, held);
         Ok(Conn::H1(tx))
     }
 
@@ -391,13 +474,13 @@ impl Inner {
             .handshake(io)
             .await
             .map_err(|e| SendError::Connect(Box::new(e)))?;
-        spawn_connection(conn.with_upgrades());
+        spawn_connection(conn.with_upgrades(), Held::new(None, &self.open));
         Ok(tx)
     }
 }
 
-/// Runs an upstream connection until it closes.
-fn spawn_connection<F>(conn: F)
+/// Runs an upstream connection until it closes, then gives back what it `held`.
+fn spawn_connection<F>(conn: F, held: Held)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
 {
@@ -405,6 +488,7 @@ where
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "upstream connection ended");
         }
+        drop(held);
     });
 }
 
