@@ -8,6 +8,7 @@
 //! negotiates HTTP/2, one shared connection carries every request. A background task closes
 //! connections idle for longer than the idle timeout.
 
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
@@ -26,7 +27,7 @@ use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pin_project_lite::pin_project;
 use prometheus::IntGauge;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service as _;
 
 use super::client::{tls_config, ClientError, ClientSettings};
@@ -85,8 +86,9 @@ struct Inner {
     max_idle: usize,
     /// Permits for opening connections (`None`: no limit); each open connection holds one.
     limit: Option<Arc<Semaphore>>,
-    /// Signalled when a connection goes back on the idle stack while at the limit.
-    idle_ready: Notify,
+    /// Requests waiting for a connection at the limit, oldest first: a connection that comes
+    /// back goes to them before the idle stack, so that newcomers cannot overtake them.
+    waiters: Mutex<VecDeque<oneshot::Sender<http1::SendRequest<Body>>>>,
     /// Open connections (upgrades included).
     open: IntGauge,
     reaper: std::sync::Once,
@@ -227,7 +229,7 @@ impl Pool {
                 max_idle: limits.max_idle,
                 limit: (limits.max_connections > 0)
                     .then(|| Arc::new(Semaphore::new(limits.max_connections))),
-                idle_ready: Notify::new(),
+                waiters: Mutex::new(VecDeque::new()),
                 open,
                 reaper: std::sync::Once::new(),
             }),
@@ -349,13 +351,9 @@ impl Inner {
     }
 
     /// A connection for a request: a pooled one, else a new one, else (at the limit) the
-    /// first to come back idle or to make room. `true` with a pooled connection.
+    /// first to come back or room for a new one. `true` with a pooled connection.
     async fn acquire(self: &Arc<Self>) -> Result<(Conn, bool), SendError> {
         loop {
-            // Registered before looking, so that a connection coming back in between is seen.
-            let notified = self.idle_ready.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
             if let Some(c) = self.checkout().await {
                 return Ok((c, true));
             }
@@ -363,17 +361,44 @@ impl Inner {
                 None => None,
                 Some(limit) => match limit.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
-                    Err(_) => tokio::select! {
-                        () = &mut notified => continue,
-                        p = limit.clone().acquire_owned() => match p {
-                            Ok(p) => Some(p),
-                            // Never closed; look again.
-                            Err(_) => continue,
-                        },
-                    },
+                    Err(_) => {
+                        let (handoff, handed) = oneshot::channel();
+                        self.queue(handoff);
+                        // One may have come back before this request queued up.
+                        if let Some(c) = self.checkout().await {
+                            return Ok((c, true));
+                        }
+                        tokio::select! {
+                            biased;
+                            tx = handed => {
+                                if let Ok(mut tx) = tx {
+                                    if tx.ready().await.is_ok() {
+                                        return Ok((Conn::H1(tx), true));
+                                    }
+                                }
+                                continue;
+                            }
+                            p = limit.clone().acquire_owned() => match p {
+                                Ok(p) => Some(p),
+                                // Never closed; look again.
+                                Err(_) => continue,
+                            },
+                        }
+                    }
                 },
             };
             return Ok((Box::pin(self.connect(permit)).await?, false));
+        }
+    }
+
+    fn queue(&self, handoff: oneshot::Sender<http1::SendRequest<Body>>) {
+        if let Ok(mut waiters) = self.waiters.lock() {
+            // Requests that got room for a new connection instead leave their entry behind;
+            // swept now and then.
+            if waiters.len() >= 64 && waiters.len().is_power_of_two() {
+                waiters.retain(|w| !w.is_closed());
+            }
+            waiters.push_back(handoff);
         }
     }
 
@@ -399,9 +424,25 @@ impl Inner {
         }
     }
 
-    fn checkin(self: &Arc<Self>, tx: http1::SendRequest<Body>) {
+    fn checkin(self: &Arc<Self>, mut tx: http1::SendRequest<Body>) {
         if tx.is_closed() {
             return;
+        }
+        // Requests can be waiting only when no more connections can be opened.
+        if self
+            .limit
+            .as_ref()
+            .is_some_and(|l| l.available_permits() == 0)
+        {
+            if let Ok(mut waiters) = self.waiters.lock() {
+                while let Some(w) = waiters.pop_front() {
+                    match w.send(tx) {
+                        Ok(()) => return,
+                        // That request has gone (or got a new connection).
+                        Err(back) => tx = back,
+                    }
+                }
+            }
         }
         let Ok(mut idle) = self.idle.lock() else {
             return;
@@ -414,14 +455,6 @@ impl Inner {
             since: Instant::now(),
         });
         drop(idle);
-        // Requests may be waiting for a connection only when no more can be opened.
-        if self
-            .limit
-            .as_ref()
-            .is_some_and(|l| l.available_permits() == 0)
-        {
-            self.idle_ready.notify_one();
-        }
         self.reaper
             .call_once(|| spawn_reaper(Arc::downgrade(self), self.idle_timeout));
     }
