@@ -206,7 +206,7 @@ pub struct Flags {
         value_name = "DURATION"
     )]
     pub upstream_idle_timeout: Option<String>,
-    /// Upstream connections open at once, at most; more requests wait for one (0: no limit) [default: 256].
+    /// Upstream connections open at once, at most; more requests wait for one (0: no limit) [default: 512].
     #[arg(long, env = "TOKEN_SIDECAR_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
     pub max_upstream_connections: Option<String>,
     /// Time an app has to send a request's headers; also closes idle keep-alive connections [default: 30s].

@@ -970,7 +970,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 &u64_str(&r.max_upstream_connections),
                 &k("max_upstream_connections"),
             ),
-            256,
+            512,
         );
         if max_upstream_connections > 65536 {
             c.err(format!("--max-upstream-connections (or `{}`): {max_upstream_connections} is out of range (0..=65536; 0 means no limit)", k("max_upstream_connections")));
