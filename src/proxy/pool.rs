@@ -412,7 +412,8 @@ impl Inner {
         loop {
             let idle = self.idle.lock().ok()?.pop()?;
             let mut tx = idle.tx;
-            if tx.is_closed() || idle.since.elapsed() > self.idle_timeout {
+            // Expiry is the reaper's job, as on the fast path.
+            if tx.is_closed() {
                 continue;
             }
             // A connection is returned as soon as its response body has been read; its task
