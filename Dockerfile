@@ -10,6 +10,8 @@
 FROM rust:1-bookworm AS builder
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Build settings for the C part of the allocator (mimalloc); see the file.
+COPY .cargo ./.cargo
 COPY src ./src
 # The line tables are compressed (36 MB -> 15 MB) rather than stripped, so panics and
 # backtraces keep their file:line.
