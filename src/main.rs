@@ -2,8 +2,8 @@
 
 // mimalloc instead of the system allocator: hyper allocates and frees a few small objects per
 // request (header maps, channels, timers) in bursts of hundreds at high connection counts,
-// which glibc's malloc serves from its slower paths. About 10 % less CPU per proxied request
-// (docs/benchmarks.md), and memory freed after a burst goes back to the OS within a second.
+// which glibc's malloc serves from its slower paths: about 10 % less user CPU per proxied
+// request (docs/benchmarks.md). Its arenas are committed on demand (.cargo/config.toml).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
