@@ -434,17 +434,12 @@ fn clone_head(
     version: Version,
     headers: &http::HeaderMap,
 ) -> http::request::Parts {
-    let mut b = Request::builder()
-        .method(method.clone())
-        .uri(uri.clone())
-        .version(version);
-    if let Some(h) = b.headers_mut() {
-        *h = headers.clone();
-    }
-    // A builder fed with values from valid parts cannot fail.
-    b.body(())
-        .map(|r| r.into_parts().0)
-        .unwrap_or_else(|_| Request::new(()).into_parts().0)
+    let (mut head, ()) = Request::new(()).into_parts();
+    head.method = method.clone();
+    head.uri = uri.clone();
+    head.version = version;
+    head.headers = headers.clone();
+    head
 }
 
 /// Maps a client error to the response kind, the metric label and the client-facing sentence.

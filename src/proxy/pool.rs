@@ -36,6 +36,8 @@ use crate::body::Body;
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type Connector = HttpsConnector<HttpConnector>;
+/// An opened (and, for HTTPS, TLS-established) connection to the upstream.
+type Io = <Connector as tower::Service<Uri>>::Response;
 
 /// Why a request could not be sent or answered.
 #[derive(Debug, thiserror::Error)]
@@ -460,10 +462,7 @@ impl Inner {
             .call_once(|| spawn_reaper(Arc::downgrade(self), self.idle_timeout));
     }
 
-    async fn open(
-        &self,
-        connector: &Connector,
-    ) -> Result<<Connector as tower::Service<Uri>>::Response, SendError> {
+    async fn open(&self, connector: &Connector) -> Result<Io, SendError> {
         connector
             .clone()
             .call(self.authority_uri.clone())
@@ -492,22 +491,25 @@ impl Inner {
             }
             return Ok(Conn::H2(tx));
         }
-        let (tx, conn) = self
-            .h1
-            .handshake(io)
-            .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
+        let (tx, conn) = self.handshake_h1(io).await?;
         spawn_connection(conn, held);
         Ok(Conn::H1(tx))
     }
 
-    async fn connect_h1_for_upgrade(&self) -> Result<http1::SendRequest<Body>, SendError> {
-        let io = self.open(&self.upgrade_connector).await?;
-        let (tx, conn) = self
-            .h1
+    /// The HTTP/1.1 handshake on a freshly opened connection.
+    async fn handshake_h1(
+        &self,
+        io: Io,
+    ) -> Result<(http1::SendRequest<Body>, http1::Connection<Io, Body>), SendError> {
+        self.h1
             .handshake(io)
             .await
-            .map_err(|e| SendError::Connect(Box::new(e)))?;
+            .map_err(|e| SendError::Connect(Box::new(e)))
+    }
+
+    async fn connect_h1_for_upgrade(&self) -> Result<http1::SendRequest<Body>, SendError> {
+        let io = self.open(&self.upgrade_connector).await?;
+        let (tx, conn) = self.handshake_h1(io).await?;
         spawn_connection(conn.with_upgrades(), Held::new(None, &self.open));
         Ok(tx)
     }
