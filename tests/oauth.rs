@@ -226,6 +226,7 @@ async fn a_large_body_is_not_replayed_but_the_refresh_still_happens() {
         .start()
         .await;
     wait_ready(&sc).await;
+    let version = token_info(&sc).await["version"].as_u64().unwrap_or(0);
     rig.ts.expire_access_tokens();
     let body = vec![b'x'; 10 * 1024];
     let req = http::Request::post(sc.url("/restapi/v1.0/upload"))
@@ -233,10 +234,12 @@ async fn a_large_body_is_not_replayed_but_the_refresh_still_happens() {
         .unwrap();
     let r = Client::http1().send(req).await;
     assert_eq!(r.status, 401, "not replayed");
+    // The token server answering is not enough: wait until the sidecar holds the new token.
     support::eventually(DEADLINE, "the background refresh", || async {
-        rig.count("refresh_token", 200) == 1
+        token_info(&sc).await["version"].as_u64().unwrap_or(0) > version
     })
     .await;
+    assert_eq!(rig.count("refresh_token", 200), 1);
     // The app's own retry succeeds, and a small body is replayed transparently.
     let req = http::Request::post(sc.url("/restapi/v1.0/upload"))
         .body(support::client::full(body))
@@ -415,8 +418,9 @@ async fn rejected_credentials_are_not_retried_blindly() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     std::fs::write(rig.path("secret"), "wrong-secret").unwrap();
     let sc = rig.sidecar().start().await;
+    // Wait for the sidecar to have handled the answer, not just for the server to send it.
     support::eventually(DEADLINE, "the first attempt", || async {
-        rig.ts.request_count() >= 1
+        sc.admin_get("/readyz").await.1.contains("invalid_client")
     })
     .await;
     let (status, body) = sc.admin_get("/readyz").await;
