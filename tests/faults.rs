@@ -725,6 +725,7 @@ async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
         Some(1),
     );
     let before = arrivals(&rig);
+    let records_before = rig.ts.request_count();
     post_refresh(&sc)
         .await
         .assert_sidecar_error(502, "refresh_failed");
@@ -759,6 +760,12 @@ async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
     assert!(
         rig.ts.wait_for_arrivals(before + 2, DEADLINE).await,
         "no retry after Retry-After"
+    );
+    // The double counts an arrival before it has read the request, and records it once it
+    // has answered: wait for the record before reading it.
+    assert!(
+        rig.ts.wait_for_requests(records_before + 2, DEADLINE).await,
+        "the retry was not answered"
     );
     let retried_at = rig.ts.requests().last().unwrap().at;
     let waited = retried_at.duration_since(throttled_at);
@@ -805,19 +812,31 @@ async fn token_endpoint_outage_during_a_burst_of_401s_makes_one_token_request_no
         }
     }
     // One refresh for the whole burst; the timer's own retries (backed off) may add a few.
-    let m = sc.metrics().await;
-    let on_401 = metrics::sum(
-        &m,
-        "token_sidecar_token_refreshes_total",
-        &[("trigger", "unauthorized")],
-    );
-    let timed = metrics::sum(
-        &m,
-        "token_sidecar_token_refreshes_total",
-        &[("trigger", "timer")],
-    );
+    // The double counts a timer attempt when it arrives, the sidecar once it has handled the
+    // answer: compare the two at a moment when no attempt is in flight.
+    let counted = |m: &str, trigger: &str| {
+        metrics::sum(
+            m,
+            "token_sidecar_token_refreshes_total",
+            &[("trigger", trigger)],
+        )
+    };
+    let snapshot = std::cell::RefCell::new((String::new(), 0u64));
+    eventually(
+        DEADLINE,
+        "every token request counted by the sidecar",
+        || async {
+            let attempts = arrivals(&rig) - before;
+            let m = sc.metrics().await;
+            let settled = attempts as f64 == counted(&m, "unauthorized") + counted(&m, "timer");
+            *snapshot.borrow_mut() = (m, attempts);
+            settled
+        },
+    )
+    .await;
+    let (m, attempts) = snapshot.into_inner();
+    let (on_401, timed) = (counted(&m, "unauthorized"), counted(&m, "timer"));
     assert_eq!(on_401, 1.0, "token requests triggered by 200 401s: {m}");
-    let attempts = arrivals(&rig) - before;
     assert_eq!(attempts as f64, on_401 + timed, "{m}");
     assert!(attempts <= 4, "{attempts} token requests during the burst");
     assert!(!sc.logs().join("\n").contains("panicked"));

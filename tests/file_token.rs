@@ -218,6 +218,12 @@ async fn an_empty_file_over_a_valid_one_keeps_the_previous_token() {
     replace_by_rename(&file, "  \n");
     sc.wait_for_log("token file not usable; keeping the previous token")
         .await;
+    // The line is logged just before /token-info records the failure: wait for the record.
+    eventually(DEADLINE, "the empty file to be recorded", || async {
+        let (_, info) = sc.admin_get("/token-info").await;
+        support::json(info.as_bytes())["tokens"]["default"]["last_refresh"]["result"] == "failure"
+    })
+    .await;
     assert_eq!(
         probe(&up, &sc).await,
         (200, Some("Bearer keep-me".to_owned()))

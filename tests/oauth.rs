@@ -56,6 +56,12 @@ async fn jwt_login_injects_a_token_the_api_accepts() {
         reqs[0].client_auth,
         token_sidecar::dev::token_server::ClientAuthKind::Basic
     );
+    // /readyz turns 200 once the token is published; the refresher records the outcome (and
+    // whether it holds a refresh token) just after that: wait for the record.
+    support::eventually(DEADLINE, "the startup refresh to be recorded", || async {
+        token_info(&sc).await["last_refresh"]["result"] == "success"
+    })
+    .await;
     let info = token_info(&sc).await;
     assert_eq!(info["grant"], "jwt_bearer");
     assert_eq!(info["valid"], true);
@@ -112,21 +118,26 @@ async fn timed_refresh_cycles_under_load_lose_no_request() {
         "an exchanged refresh token was reused"
     );
     assert!(rig.ts.sessions_evicted().is_empty());
-    let m = sc.metrics().await;
-    assert!(
+    let timed = |m: &str| {
         metrics::value(
-            &m,
+            m,
             "token_sidecar_token_refreshes_total",
             &[
                 ("token", "default"),
                 ("trigger", "timer"),
-                ("result", "success")
-            ]
+                ("result", "success"),
+            ],
         )
         .unwrap_or(0.0)
-            >= 3.0,
-        "{m}"
-    );
+    };
+    // The token server counts a refresh when it answers; the sidecar counts it once it has
+    // handled the answer, which may be a moment later for the last one.
+    support::eventually(DEADLINE, "three timed refreshes counted", || async {
+        timed(&sc.metrics().await) >= 3.0
+    })
+    .await;
+    let m = sc.metrics().await;
+    assert!(timed(&m) >= 3.0, "{m}");
     assert_eq!(
         metrics::sum(
             &m,
@@ -207,8 +218,10 @@ async fn refresh_on_401_off_passes_the_401_through() {
         "the upstream's own 401"
     );
     assert!(r.text().contains("OAU-128"), "{}", r.text());
-    // Nothing is triggered: no token request, no retry counted.
-    tokio::task::yield_now().await;
+    // Nothing is triggered: no token request, no retry counted. Both are final once the 401 is
+    // back: a retry is counted before the answer, and a refresh for a bodiless (replayable)
+    // request would have been awaited before it. (A yield here would not let the sidecar, a
+    // separate process, do anything more.)
     assert_eq!(rig.ts.request_count(), before);
     let m = sc.metrics().await;
     assert_eq!(
@@ -413,16 +426,30 @@ async fn a_rejected_refresh_token_falls_back_to_the_jwt() {
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
 }
 
-#[tokio::test]
-async fn rejected_credentials_are_not_retried_blindly() {
-    let rig = Rig::new(TokenServerConfig::default()).await;
+/// A sidecar started with a wrong client secret, once it has handled the rejection (not just
+/// once the token server has sent it).
+async fn start_with_a_wrong_secret(rig: &Rig) -> Sidecar {
     std::fs::write(rig.path("secret"), "wrong-secret").unwrap();
     let sc = rig.sidecar().start().await;
-    // Wait for the sidecar to have handled the answer, not just for the server to send it.
     support::eventually(DEADLINE, "the first attempt", || async {
         sc.admin_get("/readyz").await.1.contains("invalid_client")
     })
     .await;
+    sc
+}
+
+/// The timer's next attempt is minutes away, not after a backoff.
+async fn assert_on_hold(sc: &Sidecar) {
+    let v = support::json(sc.admin_get("/token-info").await.1.as_bytes());
+    let next = v["tokens"]["default"]["next_refresh_at"].as_u64().unwrap();
+    let now = v["now"].as_u64().unwrap();
+    assert!(next >= now + 60, "next attempt at {next}, now {now}");
+}
+
+#[tokio::test]
+async fn rejected_credentials_are_not_retried_blindly() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = start_with_a_wrong_secret(&rig).await;
     let (status, body) = sc.admin_get("/readyz").await;
     assert_eq!(status, 503);
     assert!(body.contains("invalid_client"), "{body}");
@@ -430,10 +457,49 @@ async fn rejected_credentials_are_not_retried_blindly() {
     r.assert_sidecar_error(503, "token_unavailable");
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(retry >= 60, "Retry-After {retry}");
-    // Fixing the secret file and asking for a refresh is enough; no restart.
-    std::fs::write(rig.path("secret"), "test-secret").unwrap();
+    // No blind retry: the next attempt is planned minutes away (the count alone, read at once,
+    // could not tell).
+    assert_on_hold(&sc).await;
     assert_eq!(rig.ts.request_count(), 1, "no blind retry");
+    // Fixing the secret file and asking for a refresh is enough; no restart, no 5-minute wait.
+    std::fs::write(rig.path("secret"), "test-secret").unwrap();
+    let r = post_refresh(&sc).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(rig.ts.request_count(), 2);
+    assert_eq!(sc.admin_get("/readyz").await.0, 200);
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
     sc.assert_logs_free_of("wrong-secret");
+    sc.assert_logs_free_of("test-secret");
+}
+
+#[tokio::test]
+async fn rejected_credentials_hold_the_timer_but_a_manual_refresh_may_try_again() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    let sc = start_with_a_wrong_secret(&rig).await;
+    // Still wrong: the manual refresh asks (the operator asked for it) and fails clearly.
+    let r = post_refresh(&sc).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(rig.ts.request_count(), 2);
+    let info = token_info(&sc).await;
+    assert!(
+        info["last_refresh"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("invalid_client")),
+        "{info}"
+    );
+    assert_eq!(info["last_refresh"]["trigger"], "manual");
+    // The failed manual attempt puts the timer on hold again.
+    assert_on_hold(&sc).await;
+}
+
+async fn post_refresh(sc: &Sidecar) -> support::Resp {
+    Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await
 }
 
 #[tokio::test]
@@ -487,7 +553,11 @@ async fn a_corrupt_state_file_is_reported_and_ignored() {
     std::fs::write(&state, "{not json").unwrap();
     let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
     wait_ready(&sc).await;
-    assert!(sc.logs().join("\n").contains("ignoring the state file"));
+    // Logged before the token request, but read from the sidecar's stderr by another thread.
+    support::wait_until(DEADLINE, "the state file to be reported", || {
+        sc.logs().join("\n").contains("ignoring the state file")
+    })
+    .await;
     // Replaced by a good one.
     support::json(&std::fs::read(&state).unwrap());
 }

@@ -39,9 +39,17 @@ pub enum RefreshFailure {
     /// The token endpoint failed.
     #[error(transparent)]
     OAuth(#[from] OAuthError),
-    /// The endpoint asked to wait (or rejected the credentials) and the wait is not over.
+    /// The endpoint asked to wait (429, 503 with `Retry-After`) and the wait is not over.
+    /// Binding on every trigger, a manual refresh included.
     #[error("not before {0}s from now: the token endpoint asked to wait")]
     Waiting(u64),
+    /// The endpoint rejected the credentials; the timer and 401s wait before asking again,
+    /// a manual refresh (after fixing the secret files) does not.
+    #[error(
+        "the token endpoint rejected the credentials; next attempt in {0}s \
+         (fix the secret files, then POST /refresh to retry now)"
+    )]
+    Rejected(u64),
     /// A 401-triggered refresh came sooner than `min_refresh_interval` after the last one.
     #[error("a refresh after a 401 happened less than min_refresh_interval ago")]
     TooSoon,
@@ -53,14 +61,23 @@ pub enum RefreshFailure {
     Shared(#[from] SharedError),
 }
 
+/// Why token requests are on hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// The server asked to wait: nothing overrides that.
+    RetryAfter,
+    /// The credentials were rejected: a manual refresh may try again at once.
+    Rejected,
+}
+
 struct Inner {
     refresh_token: Option<Secret>,
     refresh_expires_at: Option<SystemTime>,
     /// The bootstrap refresh token once exchanged: never presented again.
     spent_bootstrap: Option<Secret>,
     failures: u32,
-    /// No token request before this (Retry-After, rejected credentials).
-    not_before: Option<Instant>,
+    /// No token request before this: the server asked to wait, or rejected the credentials.
+    not_before: Option<(Instant, Hold)>,
     /// When the timer makes its next attempt.
     next_attempt: Instant,
     /// Versions continue from the state file's across restarts.
@@ -307,11 +324,15 @@ impl Refresher {
             }
         }
         let now = Instant::now();
-        if let Some(nb) = inner.not_before {
+        if let Some((nb, hold)) = inner.not_before {
             if now < nb {
-                return Err(RefreshFailure::Waiting(
-                    nb.duration_since(now).as_secs().max(1),
-                ));
+                let secs = nb.duration_since(now).as_secs().max(1);
+                match hold {
+                    Hold::RetryAfter => return Err(RefreshFailure::Waiting(secs)),
+                    // An operator asking for a refresh has presumably fixed the credentials.
+                    Hold::Rejected if trigger == Trigger::Manual => {}
+                    Hold::Rejected => return Err(RefreshFailure::Rejected(secs)),
+                }
             }
         }
         if trigger == Trigger::Unauthorized {
@@ -580,14 +601,19 @@ impl Refresher {
             jitter(),
         );
         let (delay, hold) = match e.class() {
-            FailureClass::Transient => (transient, false),
-            FailureClass::RetryAfter(Some(d)) => (d + transient.min(d / 10 + BACKOFF_FLOOR), true),
-            FailureClass::RetryAfter(None) => (DEFAULT_RETRY_AFTER.max(transient), true),
-            FailureClass::Rejected => (REJECTED_RETRY, true),
+            FailureClass::Transient => (transient, None),
+            FailureClass::RetryAfter(Some(d)) => (
+                d + transient.min(d / 10 + BACKOFF_FLOOR),
+                Some(Hold::RetryAfter),
+            ),
+            FailureClass::RetryAfter(None) => {
+                (DEFAULT_RETRY_AFTER.max(transient), Some(Hold::RetryAfter))
+            }
+            FailureClass::Rejected => (REJECTED_RETRY, Some(Hold::Rejected)),
         };
         let now = Instant::now();
-        if hold {
-            inner.not_before = Some(now + delay);
+        if let Some(h) = hold {
+            inner.not_before = Some((now + delay, h));
         }
         self.set_next_attempt(inner, now + delay);
         self.store.set_retry_after(delay.as_secs().clamp(1, 300));

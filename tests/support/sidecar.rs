@@ -7,6 +7,7 @@ use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -163,15 +164,22 @@ impl SidecarBuilder {
         let mut child = cmd.spawn().expect("spawn token-sidecar");
         let stderr = child.stderr.take().expect("piped stderr");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr_closed = Arc::new(AtomicBool::new(false));
         {
             let logs = logs.clone();
+            let stderr_closed = stderr_closed.clone();
             std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
+                // Split on bytes: a line that is not UTF-8 is kept (lossily), not the end.
+                for line in BufReader::new(stderr).split(b'\n') {
                     match line {
-                        Ok(l) => logs.lock().unwrap().push(l),
+                        Ok(l) => logs
+                            .lock()
+                            .unwrap()
+                            .push(String::from_utf8_lossy(&l).into_owned()),
                         Err(_) => break,
                     }
                 }
+                stderr_closed.store(true, Ordering::SeqCst);
             });
         }
         let mut sidecar = Sidecar {
@@ -179,6 +187,7 @@ impl SidecarBuilder {
             proxy_addr: "0.0.0.0:0".parse().unwrap(),
             admin_addr: "0.0.0.0:0".parse().unwrap(),
             logs,
+            stderr_closed,
             exited: None,
         };
         let end = Instant::now() + DEADLINE;
@@ -218,6 +227,8 @@ pub struct Sidecar {
     /// The admin listener's bound address.
     pub admin_addr: SocketAddr,
     logs: Arc<Mutex<Vec<String>>>,
+    /// Set by the reader thread once stderr reached its end (every line is in `logs`).
+    stderr_closed: Arc<AtomicBool>,
     exited: Option<ExitStatus>,
 }
 
@@ -319,12 +330,15 @@ impl Sidecar {
         assert!(st.success(), "kill -TERM failed");
     }
 
-    /// Waits up to `deadline` for the process to exit.
+    /// Waits up to `deadline` for the process to exit, then for its last stderr lines to have
+    /// been read: the process may exit before the reader thread has caught up, and its final
+    /// lines ("shutdown complete") are what tests look for after the exit.
     pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
         let end = Instant::now() + deadline;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
                 self.exited = Some(st);
+                self.wait_for_stderr_closed().await;
                 return st;
             }
             if Instant::now() > end {
@@ -335,6 +349,16 @@ impl Sidecar {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+    }
+
+    /// Waits until the reader thread has read stderr to its end (after the process exited).
+    async fn wait_for_stderr_closed(&self) {
+        wait_until(
+            DEADLINE,
+            "the sidecar's stderr to be read to its end",
+            || self.stderr_closed.load(Ordering::SeqCst),
+        )
+        .await;
     }
 
     /// Panics when `secret` appears in any stderr line.
