@@ -263,6 +263,40 @@ async fn requests_beyond_the_connection_limit_wait_for_a_connection() {
     );
 }
 
+/// A slow upstream needs a connection per request in flight: a burst far beyond the pool's
+/// floor (64) reaches it at once, and requests to fast endpoints are not held up meanwhile.
+#[tokio::test]
+async fn a_burst_to_a_slow_upstream_gets_a_connection_per_request() {
+    let (up, sc) = setup().await;
+    const HELD: usize = 300;
+    let client = Client::http1();
+    let urls: Vec<String> = (0..HELD).map(|i| sc.url(&format!("/hold/{i}"))).collect();
+    let all = futures_util::future::join_all(urls.iter().map(|u| client.get(u)));
+    let check = async {
+        eventually(DEADLINE, "every held request at the upstream", || async {
+            up.request_count() >= HELD
+        })
+        .await;
+        let m = sc.metrics().await;
+        let open = metrics::value(
+            &m,
+            "token_sidecar_upstream_connections",
+            &[("route", "default")],
+        )
+        .unwrap_or(0.0);
+        assert!(open >= HELD as f64, "{open} upstream connections");
+        // Fast requests still get through while all of those are held.
+        for i in 0..20 {
+            let r = client.get(&sc.url(&format!("/fast/{i}"))).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+        up.release_hold();
+    };
+    let (replies, ()) = tokio::join!(all, check);
+    assert!(replies.iter().all(|r| r.status == 200));
+    assert_eq!(up.request_count(), HELD + 20);
+}
+
 #[test]
 fn a_bad_connection_limit_is_refused() {
     assert_refused("--max-upstream-connections", "lots");

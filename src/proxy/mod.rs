@@ -11,6 +11,7 @@
 
 pub mod client;
 mod deadline;
+pub mod growth;
 pub mod pool;
 pub mod rewrite;
 

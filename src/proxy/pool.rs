@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service as _;
 
 use super::client::{tls_config, ClientError, ClientSettings};
+use super::growth::{Growth, FLOOR};
 use super::rewrite::Upstream;
 use crate::body::Body;
 
@@ -88,9 +90,14 @@ struct Inner {
     max_idle: usize,
     /// Permits for opening connections (`None`: no limit); each open connection holds one.
     limit: Option<Arc<Semaphore>>,
-    /// Requests waiting for a connection at the limit, oldest first: a connection that comes
-    /// back goes to them before the idle stack, so that newcomers cannot overtake them.
+    /// Requests waiting for a connection (at the limit, or held back by [`Growth`]), oldest
+    /// first: a connection that comes back goes to them before the idle stack, so that
+    /// newcomers cannot overtake them.
     waiters: Mutex<VecDeque<oneshot::Sender<http1::SendRequest<Body>>>>,
+    /// Whether a request that finds no idle connection may open one.
+    growth: Growth,
+    /// Connections being opened: requests that may open one and have not finished yet.
+    opening: AtomicUsize,
     /// Open connections (upgrades included).
     open: IntGauge,
     reaper: std::sync::Once,
@@ -104,6 +111,22 @@ pub struct PoolLimits {
     /// Connections open at once, at most, upgrades aside (0: no limit). Requests beyond it
     /// wait for a connection to come back idle or to close.
     pub max_connections: usize,
+}
+
+/// A connection being opened, counted in [`Inner::opening`] until dropped.
+struct Opening<'a>(&'a AtomicUsize);
+
+impl<'a> Opening<'a> {
+    fn new(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Opening(count)
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What an open connection holds until it closes: its permit and its place in the gauge.
@@ -131,6 +154,16 @@ impl Drop for Held {
 struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
+}
+
+/// What a request waiting for a connection got.
+enum Waited<T> {
+    /// A connection that came back.
+    Conn(Conn),
+    /// What it waited for besides.
+    Other(T),
+    /// The connection handed over was closing: look again.
+    Again,
 }
 
 enum Conn {
@@ -232,6 +265,11 @@ impl Pool {
                 limit: (limits.max_connections > 0)
                     .then(|| Arc::new(Semaphore::new(limits.max_connections))),
                 waiters: Mutex::new(VecDeque::new()),
+                growth: Growth::new(match limits.max_connections {
+                    0 => FLOOR,
+                    cap => FLOOR.min(cap),
+                }),
+                opening: AtomicUsize::new(0),
                 open,
                 reaper: std::sync::Once::new(),
             }),
@@ -352,44 +390,62 @@ impl Inner {
         }
     }
 
-    /// A connection for a request: a pooled one, else a new one, else (at the limit) the
-    /// first to come back or room for a new one. `true` with a pooled connection.
+    /// A connection for a request: a pooled one, else a new one, else (at the limit, or while
+    /// [`Growth`] holds the pool back) the first to come back or room for a new one. `true`
+    /// with a pooled connection.
     async fn acquire(self: &Arc<Self>) -> Result<(Conn, bool), SendError> {
         loop {
             if let Some(c) = self.checkout().await {
                 return Ok((c, true));
             }
+            if !self.growth.may_open(self.open_count()) {
+                match self
+                    .wait_for_return(self.growth.room(|| self.open_count()))
+                    .await
+                {
+                    Waited::Conn(c) => return Ok((c, true)),
+                    Waited::Other(()) | Waited::Again => continue,
+                }
+            }
+            // Counted from now on, so that a burst of requests does not all see the same
+            // count while their connections are being established.
+            let _opening = Opening::new(&self.opening);
             let permit = match &self.limit {
                 None => None,
                 Some(limit) => match limit.clone().try_acquire_owned() {
                     Ok(p) => Some(p),
-                    Err(_) => {
-                        let (handoff, handed) = oneshot::channel();
-                        self.queue(handoff);
-                        // One may have come back before this request queued up.
-                        if let Some(c) = self.checkout().await {
-                            return Ok((c, true));
-                        }
-                        tokio::select! {
-                            biased;
-                            tx = handed => {
-                                if let Ok(mut tx) = tx {
-                                    if tx.ready().await.is_ok() {
-                                        return Ok((Conn::H1(tx), true));
-                                    }
-                                }
-                                continue;
-                            }
-                            p = limit.clone().acquire_owned() => match p {
-                                Ok(p) => Some(p),
-                                // Never closed; look again.
-                                Err(_) => continue,
-                            },
-                        }
-                    }
+                    Err(_) => match self.wait_for_return(limit.clone().acquire_owned()).await {
+                        Waited::Conn(c) => return Ok((c, true)),
+                        Waited::Other(Ok(p)) => Some(p),
+                        // The semaphore is never closed; look again.
+                        Waited::Other(Err(_)) | Waited::Again => continue,
+                    },
                 },
             };
             return Ok((Box::pin(self.connect(permit)).await?, false));
+        }
+    }
+
+    /// Queues the request for the next connection that comes back ([`Inner::checkin`]) and
+    /// waits for it, or for `other`, whichever is first.
+    async fn wait_for_return<T>(self: &Arc<Self>, other: impl Future<Output = T>) -> Waited<T> {
+        let (handoff, handed) = oneshot::channel();
+        self.queue(handoff);
+        // One may have come back before this request queued up.
+        if let Some(c) = self.checkout().await {
+            return Waited::Conn(c);
+        }
+        tokio::select! {
+            biased;
+            tx = handed => {
+                if let Ok(mut tx) = tx {
+                    if tx.ready().await.is_ok() {
+                        return Waited::Conn(Conn::H1(tx));
+                    }
+                }
+                Waited::Again
+            }
+            other = other => Waited::Other(other),
         }
     }
 
@@ -427,23 +483,31 @@ impl Inner {
         }
     }
 
+    /// Connections open now (upgraded ones included) or being opened.
+    fn open_count(&self) -> usize {
+        usize::try_from(self.open.get()).unwrap_or(0) + self.opening.load(Ordering::Relaxed)
+    }
+
     fn checkin(self: &Arc<Self>, mut tx: http1::SendRequest<Body>) {
         if tx.is_closed() {
             return;
         }
-        // Requests can be waiting only when no more connections can be opened.
-        if self
-            .limit
-            .as_ref()
-            .is_some_and(|l| l.available_permits() == 0)
-        {
-            if let Ok(mut waiters) = self.waiters.lock() {
-                while let Some(w) = waiters.pop_front() {
-                    match w.send(tx) {
-                        Ok(()) => return,
-                        // That request has gone (or got a new connection).
-                        Err(back) => tx = back,
-                    }
+        if let Ok(mut waiters) = self.waiters.lock() {
+            while let Some(w) = waiters.front() {
+                // That request has gone (or got a new connection).
+                if w.is_closed() {
+                    waiters.pop_front();
+                    continue;
+                }
+                // Requests wait while the runtime has no time to spare: this connection
+                // does not help them, dropping it (closing it) makes the pool smaller.
+                if self.growth.should_shrink(self.open_count()) {
+                    return;
+                }
+                let Some(w) = waiters.pop_front() else { break };
+                match w.send(tx) {
+                    Ok(()) => return,
+                    Err(back) => tx = back,
                 }
             }
         }

@@ -1,0 +1,301 @@
+//! When a request finds no idle upstream connection: open another one, or wait for one to
+//! come back.
+//!
+//! HTTP/1.1 carries one request per connection at a time, so a route needs about its request
+//! rate times the upstream's latency in connections, and a request that finds none idle
+//! usually should open one. Not when the sidecar's own threads are the bottleneck (a fast,
+//! nearby upstream and many app connections): then more connections add work without adding
+//! throughput, since each one is state (a task, buffers, a channel, a socket) that has to come
+//! back into the CPU caches for each of its requests. So up to a floor a pool opens freely;
+//! beyond it, only while the runtime has time to spare, and at most doubling per window (as
+//! TCP's slow start does), so that a burst of requests cannot open hundreds of connections
+//! before the load is known. Requests that may not open one wait for one to come back.
+//!
+//! "Time to spare" is the runtime's own account of the time its workers spent running tasks
+//! ([`tokio::runtime::RuntimeMetrics::worker_total_busy_duration`]). Latencies would not do:
+//! when this process is saturated, every latency it can measure grows with the load, and an
+//! API whose endpoints answer in 50 ms and in 2 s would look congested to a latency gradient.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::runtime::RuntimeMetrics;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// How often the load is measured, and the pace of growth beyond the floor.
+pub const WINDOW: Duration = Duration::from_millis(10);
+
+/// The share of the workers' time spent running tasks above which the runtime counts as
+/// saturated. The rest of a saturated worker's time goes to polling the I/O driver.
+const SATURATED: f64 = 0.85;
+/// Once saturated, the share below which it no longer is (a measurement over 10 ms is noisy).
+const UNSATURATED: f64 = 0.7;
+/// Below this share the pool may double in a window; between it and saturation it grows by an
+/// eighth, so that the pool does not overshoot near the point where the runtime saturates.
+const IDLE: f64 = 0.5;
+
+/// Connections a pool may always open, whatever the load (at most its cap). As many as an app
+/// sending 64 requests at once needs, so that such an app never waits for a connection.
+pub const FLOOR: usize = 64;
+
+/// Decides whether a pool may open another connection.
+pub struct Growth {
+    floor: usize,
+    runtime: Option<RuntimeMetrics>,
+    window: Mutex<Window>,
+    /// Wakes the requests that were told to wait when the pool may grow again.
+    room: Notify,
+    /// One waiting request keeps the window's clock while the others sleep.
+    ticking: AtomicBool,
+}
+
+struct Window {
+    started: Instant,
+    busy_at_start: Duration,
+    saturated: bool,
+    /// Connections that may still be opened in this window beyond the floor.
+    budget: usize,
+    /// Connections that may still be closed in this window to shrink the pool.
+    shrink: usize,
+}
+
+impl std::fmt::Debug for Growth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Growth")
+            .field("floor", &self.floor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Growth {
+    /// A gate that lets `floor` connections open freely. Outside a tokio runtime there is no
+    /// load to measure and every request may open a connection.
+    pub fn new(floor: usize) -> Self {
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|h| h.metrics());
+        let mut growth = Growth {
+            floor,
+            runtime,
+            window: Mutex::new(Window {
+                started: Instant::now(),
+                busy_at_start: Duration::ZERO,
+                saturated: false,
+                budget: floor,
+                shrink: 0,
+            }),
+            room: Notify::new(),
+            ticking: AtomicBool::new(false),
+        };
+        let busy = growth.busy();
+        if let Ok(w) = growth.window.get_mut() {
+            w.busy_at_start = busy;
+        }
+        growth
+    }
+
+    /// Whether a request may open a connection now, `open` being open already. Counts it
+    /// against this window's budget when it may.
+    pub fn may_open(&self, open: usize) -> bool {
+        if open < self.floor || self.runtime.is_none() {
+            return true;
+        }
+        let Ok(mut w) = self.window.lock() else {
+            return true;
+        };
+        self.refresh(&mut w, open, Instant::now());
+        if w.saturated || w.budget == 0 {
+            return false;
+        }
+        w.budget -= 1;
+        true
+    }
+
+    /// Whether a connection that came back, `open` being open, should be closed rather than
+    /// handed to a waiting request: when the runtime is saturated while requests wait, the
+    /// pool is too large to help, and gives back up to a sixteenth of its connections per
+    /// window.
+    pub fn should_shrink(&self, open: usize) -> bool {
+        if open <= self.floor || self.runtime.is_none() {
+            return false;
+        }
+        let Ok(mut w) = self.window.lock() else {
+            return false;
+        };
+        self.refresh(&mut w, open, Instant::now());
+        if !w.saturated || w.shrink == 0 {
+            return false;
+        }
+        w.shrink -= 1;
+        true
+    }
+
+    /// Resolves when the pool may have room to grow: the caller asks [`Growth::may_open`]
+    /// again. One caller at a time keeps the window's clock; the others wait for its news.
+    pub async fn room(&self, open: impl Fn() -> usize) {
+        let notified = self.room.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let Some(ticking) = Ticking::take(&self.ticking) else {
+            return notified.await;
+        };
+        loop {
+            tokio::time::sleep(WINDOW).await;
+            let open = open();
+            let grow = open < self.floor
+                || self.window.lock().is_ok_and(|mut w| {
+                    self.refresh(&mut w, open, Instant::now());
+                    !w.saturated && w.budget > 0
+                });
+            if grow {
+                // Given back first: a request that failed to take the clock before this
+                // point had already enabled its wake-up, and is woken now.
+                drop(ticking);
+                self.room.notify_waiters();
+                return;
+            }
+        }
+    }
+
+    /// Starts a new window once the current one is over: measures how busy the runtime was
+    /// in it, and lets the pool double.
+    fn refresh(&self, w: &mut Window, open: usize, now: Instant) {
+        let elapsed = now.saturating_duration_since(w.started);
+        if elapsed < WINDOW {
+            return;
+        }
+        let busy = self.busy();
+        let workers = self.runtime.as_ref().map_or(1, |r| r.num_workers().max(1));
+        let ratio = busy.saturating_sub(w.busy_at_start).as_secs_f64()
+            / (elapsed.as_secs_f64() * workers as f64);
+        // (Timers fire late on a saturated runtime: a window of a few times its length is
+        // still a measurement.)
+        if elapsed >= WINDOW * 10 {
+            // Nothing asked for a while (an idle pool): the load now is unknown. Start over
+            // as a new pool would, from the floor.
+            w.saturated = false;
+            w.budget = self.floor;
+        } else {
+            w.saturated = ratio >= if w.saturated { UNSATURATED } else { SATURATED };
+            w.budget = if ratio < IDLE {
+                open.max(self.floor)
+            } else {
+                (open / 8).max(1)
+            };
+        }
+        w.shrink = if w.saturated { (open / 16).max(1) } else { 0 };
+        w.started = now;
+        w.busy_at_start = busy;
+        tracing::trace!(
+            busy = ratio,
+            saturated = w.saturated,
+            open,
+            "upstream pool window"
+        );
+    }
+
+    /// The time the runtime's workers have spent running tasks, in total.
+    fn busy(&self) -> Duration {
+        self.runtime.as_ref().map_or(Duration::ZERO, |r| {
+            (0..r.num_workers())
+                .map(|i| r.worker_total_busy_duration(i))
+                .sum()
+        })
+    }
+}
+
+/// The right to keep the window's clock, given back when dropped (also when the request
+/// holding it goes away).
+struct Ticking<'a>(&'a AtomicBool);
+
+impl<'a> Ticking<'a> {
+    fn take(flag: &'a AtomicBool) -> Option<Self> {
+        (!flag.swap(true, Ordering::AcqRel)).then_some(Ticking(flag))
+    }
+}
+
+impl Drop for Ticking<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outside_a_runtime_every_request_may_open() {
+        let g = Growth::new(2);
+        assert!((0..100).all(|open| g.may_open(open)));
+    }
+
+    /// Ends the current window as if the runtime had been idle through it.
+    fn end_idle_window(g: &Growth) {
+        let mut w = g.window.lock().unwrap();
+        w.started = Instant::now() - WINDOW;
+        w.busy_at_start = g.busy();
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn up_to_the_floor_always_then_at_most_doubling_per_window() {
+        let g = Growth::new(4);
+        // Below the floor: always.
+        assert!((0..4).all(|open| g.may_open(open)));
+        // The first window's budget is the floor: 4 more, then no more in this window.
+        assert!((4..8).all(|open| g.may_open(open)));
+        assert!(!g.may_open(8));
+        // After an idle window, the budget is what is open: the pool may double.
+        end_idle_window(&g);
+        assert!((8..16).all(|open| g.may_open(open)));
+        assert!(!g.may_open(16));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_runtime_stops_growth_until_it_has_time_again() {
+        let g = Growth::new(2);
+        assert!(g.may_open(2));
+        // Keep this worker running tasks for a few windows: saturated.
+        let end = std::time::Instant::now() + WINDOW * 3;
+        while std::time::Instant::now() < end {}
+        // The runtime accounts for busy time when its worker yields to the I/O driver.
+        tokio::task::yield_now().await;
+        assert!(!g.may_open(3), "saturated");
+        assert!(!g.may_open(3), "still saturated within the window");
+        // Once it has had idle windows again, the pool may grow.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !g.may_open(3) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no growth after idle windows"
+            );
+            tokio::time::sleep(WINDOW).await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_waiting_request_is_told_when_the_pool_may_grow() {
+        let g = std::sync::Arc::new(Growth::new(1));
+        // Use up the first window's budget.
+        assert!(g.may_open(1));
+        assert!(!g.may_open(2));
+        // Two requests wait: one keeps the clock, the other is woken by it.
+        let a = tokio::spawn({
+            let g = g.clone();
+            async move { g.room(|| 2).await }
+        });
+        let b = tokio::spawn({
+            let g = g.clone();
+            async move { g.room(|| 2).await }
+        });
+        tokio::time::timeout(Duration::from_secs(10), async {
+            a.await.unwrap();
+            b.await.unwrap();
+        })
+        .await
+        .expect("both waiting requests were woken");
+        assert!(g.may_open(2));
+    }
+}
