@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 grant_kind: tc.grant.kind(),
                 store,
                 source,
+                metrics: metrics.clone(),
             }),
         );
     }

@@ -41,22 +41,20 @@ fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::C
     })
 }
 
-/// Starts logging, in the format the flags ask for so that configuration warnings already use
-/// it, then loads the configuration.
+/// Starts logging, in the format the flags or the config file ask for so that configuration
+/// warnings already use it, then loads the configuration.
 fn init_and_load(
     flags: &Flags,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<config::Config, i32> {
-    let format = match flags.log_format.as_deref() {
-        Some("text") => config::LogFormat::Text,
-        _ => config::LogFormat::Json,
-    };
-    crate::telemetry::init(format);
+    crate::telemetry::init(config::log_format_hint(flags, env));
     load(flags, env)
 }
 
 fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    match load(flags, env) {
+    // Logging is on so that the configuration's warnings (a listener off loopback, plain http
+    // to a remote host, an option the grant ignores) are shown by `check` too.
+    match init_and_load(flags, env) {
         Ok(cfg) => {
             print!("configuration OK\n{}", cfg.summary());
             0
@@ -179,8 +177,16 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
             let result = refresher.refresh(crate::token::Trigger::Manual, None).await;
             let token = store.current();
             let (has_rt, rt_exp) = refresher.refresh_token_info();
-            let line = match &result {
-                Ok(version) => serde_json::json!({
+            // Without a shared store the state file is the only place the new set (and its
+            // rotated refresh token) is kept: not writing it is a failure, or every run of a
+            // CronJob would open a new session.
+            let unsaved = if cfg.shared.is_none() { refresher.state_file_error() } else { None };
+            let line = match (&result, unsaved) {
+                (Ok(_), Some(e)) => {
+                    code = EXIT_START_FAILED;
+                    serde_json::json!({ "token": tc.name, "result": "failure", "error": format!("a token was obtained but the state file could not be written: {e}") })
+                }
+                (Ok(version), None) => serde_json::json!({
                     "token": tc.name,
                     "result": "success",
                     "version": version,
@@ -190,7 +196,7 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
                     "refresh_token_expires_at": rt_exp,
                     "state_file": tc.state_file.as_ref().map(|p| p.display().to_string()),
                 }),
-                Err(e) => {
+                (Err(e), _) => {
                     code = EXIT_START_FAILED;
                     serde_json::json!({ "token": tc.name, "result": "failure", "error": e.to_string() })
                 }

@@ -24,6 +24,32 @@ fn check(args: &[&str], envs: &[(&str, &str)]) -> Output {
     run_once(all, envs)
 }
 
+/// `check` of a minimal valid command line (`--upstream`, a static token) plus `extra`.
+fn check_static(extra: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut args = vec![
+        "--upstream",
+        "https://api.example.com",
+        "--grant",
+        "static",
+        "--static-token",
+        "x",
+    ];
+    args.extend_from_slice(extra);
+    check(&args, envs)
+}
+
+/// `check --config` of a config file holding `text`, written in `dir`.
+fn check_file(dir: &tempfile::TempDir, text: &str) -> Output {
+    let cfg = write_config(dir, text);
+    check(&["--config", cfg.to_str().unwrap()], &[])
+}
+
+/// Exit 64, every one of `needles` named.
+fn assert_invalid(out: &Output, needles: &[&str]) {
+    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
+    assert_names(out, needles);
+}
+
 fn assert_names(out: &Output, needles: &[&str]) {
     let all = out.all();
     for n in needles {
@@ -84,8 +110,7 @@ async fn check_names_every_bad_flag_at_once_and_exits_64() {
         ],
         &[],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(
+    assert_invalid(
         &out,
         &[
             "--listen",
@@ -118,8 +143,7 @@ async fn grant_requirements_are_named() {
         ],
         &[],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(
+    assert_invalid(
         &out,
         &["--token-url", "--client-id", "--client-secret-file"],
     );
@@ -128,22 +152,19 @@ async fn grant_requirements_are_named() {
         &["--upstream", "https://api.example.com", "--grant", "file"],
         &[],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["--token-file"]);
+    assert_invalid(&out, &["--token-file"]);
 
     let out = check(
         &["--upstream", "https://api.example.com", "--grant", "static"],
         &[],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["--static-token"]);
+    assert_invalid(&out, &["--static-token"]);
 }
 
 #[tokio::test]
 async fn a_missing_upstream_is_named() {
     let out = check(&["--grant", "static", "--static-token", "x"], &[]);
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["--upstream", "required"]);
+    assert_invalid(&out, &["--upstream", "required"]);
 }
 
 #[tokio::test]
@@ -162,15 +183,14 @@ async fn run_with_an_invalid_configuration_exits_64() {
         ],
         &[],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["--upstream"]);
+    assert_invalid(&out, &["--upstream"]);
     assert!(!out.all().contains("run-secret"));
 }
 
 #[tokio::test]
 async fn config_file_unknown_keys_are_each_named() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let out = check_file(
         &dir,
         r#"
 bogus = 1
@@ -190,7 +210,6 @@ static_token = "x"
 grnt = "file"
 "#,
     );
-    let out = check(&["--config", cfg.to_str().unwrap()], &[]);
     assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
     let all = out.all();
     assert!(all.contains("`bogus`"), "{all}");
@@ -203,7 +222,7 @@ grnt = "file"
 #[tokio::test]
 async fn config_file_bad_values_name_their_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = write_config(
+    let out = check_file(
         &dir,
         r#"
 [[route]]
@@ -223,9 +242,7 @@ token = "t"
 grant = "file"
 "#,
     );
-    let out = check(&["--config", cfg.to_str().unwrap()], &[]);
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(
+    assert_invalid(
         &out,
         &[
             "route[0].listen",
@@ -235,14 +252,11 @@ grant = "file"
         ],
     );
 
-    let cfg = write_config(&dir, "[[route]]\nrefresh_on_401 = \"yes\"\n");
-    let out = check(&["--config", cfg.to_str().unwrap()], &[]);
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["route[0].refresh_on_401"]);
+    let out = check_file(&dir, "[[route]]\nrefresh_on_401 = \"yes\"\n");
+    assert_invalid(&out, &["route[0].refresh_on_401"]);
 
     let out = check(&["--config", "/nonexistent/sidecar.toml"], &[]);
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["--config", "/nonexistent/sidecar.toml"]);
+    assert_invalid(&out, &["--config", "/nonexistent/sidecar.toml"]);
 }
 
 #[tokio::test]
@@ -290,8 +304,7 @@ static_token = "y"
         ],
         &[],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(
+    assert_invalid(
         &out,
         &["--upstream", "--header", "--static-token", "(3 problem(s))"],
     );
@@ -331,8 +344,7 @@ static_token = "${TS_TEST_TOKEN}"
         &["--config", cfg.to_str().unwrap()],
         &[("TS_TEST_UPSTREAM", "https://expanded.example.com")],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["TS_TEST_TOKEN", "token.t.static_token"]);
+    assert_invalid(&out, &["TS_TEST_TOKEN", "token.t.static_token"]);
 }
 
 #[tokio::test]
@@ -366,8 +378,7 @@ async fn environment_variables_mirror_flags_and_flags_win() {
         &[],
         &[envs[0], envs[1], envs[2], ("TOKEN_SIDECAR_THREADS", "many")],
     );
-    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
-    assert_names(&out, &["--threads", "many"]);
+    assert_invalid(&out, &["--threads", "many"]);
 }
 
 #[tokio::test]
@@ -618,4 +629,358 @@ static_token = "literal-token-two"
         assert!(!m.contains(secret));
         sc.assert_logs_free_of(secret);
     }
+}
+
+#[tokio::test]
+async fn the_config_files_log_format_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    // The admin port is taken: `run` logs why it cannot start, then exits 1.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = write_config(
+        &dir,
+        &format!(
+            r#"
+log_format = "text"
+
+[admin]
+listen = "{}"
+
+[[route]]
+name = "api"
+listen = "127.0.0.1:0"
+upstream = "https://api.example.com"
+token = "t"
+
+[token.t]
+grant = "static"
+static_token = "x"
+"#,
+            taken.local_addr().unwrap()
+        ),
+    );
+    let out = run_once(["run", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    let line = out
+        .stderr
+        .lines()
+        .find(|l| l.contains("cannot start"))
+        .unwrap_or_else(|| panic!("no `cannot start` line:\n{}", out.stderr));
+    assert!(
+        serde_json::from_str::<serde_json::Value>(line).is_err() && line.contains(" ERROR "),
+        "not a text log line: {line}"
+    );
+
+    // The flag still wins over the file.
+    let out = run_once(
+        [
+            "run",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--log-format",
+            "json",
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(1), "{}", out.all());
+    assert!(
+        out.stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["message"] == "cannot start"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn an_unreadable_or_malformed_config_file_is_the_only_problem_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let broken = write_config(&dir, "[[route]\nname = \"api\"\n");
+    let type_error = dir.path().join("types.toml");
+    std::fs::write(&type_error, "[[route]]\nrefresh_on_401 = \"yes\"\n").unwrap();
+    let missing = dir.path().join("missing.toml");
+    for (path, named) in [
+        (&broken, "config file"),
+        (&type_error, "`route[0].refresh_on_401`"),
+        (&missing, "--config"),
+    ] {
+        let out = check(&["--config", path.to_str().unwrap()], &[]);
+        assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
+        assert_names(&out, &[named, "(1 problem(s))"]);
+        // Nothing about the route and profile the file never got to define.
+        assert!(!out.all().contains("token.default"), "{}", out.all());
+        // One line per problem.
+        let problems: Vec<&str> = out
+            .stderr
+            .lines()
+            .filter(|l| !l.starts_with("token-sidecar: invalid configuration"))
+            .collect();
+        assert_eq!(problems.len(), 1, "{}", out.stderr);
+    }
+}
+
+#[tokio::test]
+async fn a_route_without_token_must_name_one_when_the_file_has_several_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        r#"
+[[route]]
+name = "api"
+upstream = "https://api.example.com"
+
+[token.zz]
+grant = "static"
+static_token = "x"
+
+[token.aa]
+grant = "static"
+static_token = "y"
+"#,
+    );
+    let out = check(&["--config", cfg.to_str().unwrap()], &[]);
+    assert_invalid(&out, &["`route[0].token`", "aa, zz", "(1 problem(s))"]);
+
+    // With one profile, it is the route's without saying.
+    let out = check_file(
+        &dir,
+        "[[route]]\nname = \"api\"\nupstream = \"https://api.example.com\"\n\
+         [token.only]\ngrant = \"static\"\nstatic_token = \"x\"\n",
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.contains("(token only,"), "{}", out.stdout);
+}
+
+#[tokio::test]
+async fn every_token_flag_is_refused_when_the_file_has_several_profiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        r#"
+[[route]]
+name = "a"
+upstream = "https://a.example.com"
+token = "one"
+
+[token.one]
+grant = "static"
+static_token = "x"
+
+[token.two]
+grant = "static"
+static_token = "y"
+"#,
+    );
+    let flags = [
+        ("--username", "u"),
+        ("--token-param", "a=b"),
+        ("--min-refresh-interval", "1s"),
+        ("--file-poll-interval", "1s"),
+        ("--default-token-lifetime", "1m"),
+        ("--token-request-timeout", "2s"),
+    ];
+    let mut args = vec!["--config", cfg.to_str().unwrap()];
+    for (f, v) in flags {
+        args.extend([f, v]);
+    }
+    let out = check(&args, &[]);
+    assert_eq!(out.code, EXIT_INVALID, "{}", out.all());
+    let mut needles: Vec<&str> = flags.iter().map(|(f, _)| *f).collect();
+    needles.push("(6 problem(s))");
+    assert_names(&out, &needles);
+}
+
+#[tokio::test]
+async fn range_errors_name_the_config_key_the_value_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(
+        &dir,
+        r#"
+threads = 0
+
+[[route]]
+name = "api"
+upstream = "https://api.example.com"
+upstream_timeout = "0s"
+connect_timeout = "0s"
+upstream_idle_timeout = "0s"
+header_read_timeout = "0s"
+
+[token.t]
+grant = "static"
+static_token = "x"
+"#,
+    );
+    let out = check(&["--config", cfg.to_str().unwrap()], &[]);
+    assert_invalid(
+        &out,
+        &[
+            "`threads`: 0 is out of range",
+            "`route[0].upstream_timeout`",
+            "`route[0].connect_timeout`",
+            "`route[0].upstream_idle_timeout`",
+            "`route[0].header_read_timeout`",
+            "(5 problem(s))",
+        ],
+    );
+}
+
+#[tokio::test]
+async fn bad_credentials_options_are_each_one_clear_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("client-secret");
+    std::fs::write(&secret_file, "s\n").unwrap();
+    let base = [
+        "--upstream",
+        "https://api.example.com",
+        "--token-url",
+        "https://id.example.com/token",
+    ];
+
+    // A secret given twice: that is the problem, not a missing secret.
+    let mut args = base.to_vec();
+    args.extend([
+        "--client-id",
+        "app",
+        "--client-secret",
+        "inline-secret-5",
+        "--client-secret-file",
+        secret_file.to_str().unwrap(),
+    ]);
+    let out = check(&args, &[]);
+    assert_invalid(
+        &out,
+        &["--client-secret and --client-secret-file", "(1 problem(s))"],
+    );
+    assert!(!out.all().contains("inline-secret-5"));
+
+    // An empty client id (an unset Secret key expanded to ""), or username.
+    let mut args = base.to_vec();
+    args.extend(["--client-id", " ", "--client-secret-file"]);
+    args.push(secret_file.to_str().unwrap());
+    let out = check(&args, &[]);
+    assert_invalid(&out, &["--client-id: the client id is empty"]);
+    let mut args = base.to_vec();
+    args.extend(["--grant", "password", "--username", "", "--password-file"]);
+    args.push(secret_file.to_str().unwrap());
+    let out = check(&args, &[]);
+    assert_invalid(&out, &["--username: the username is empty"]);
+}
+
+#[tokio::test]
+async fn a_redis_url_that_does_not_parse_is_refused_by_check_without_printing_it() {
+    let out = check_static(
+        &["--redis-url", "redis://:redis-password-66@redis:notaport/0"],
+        &[],
+    );
+    assert_invalid(&out, &["--redis-url", "not a valid Redis URL"]);
+    assert!(!out.all().contains("redis-password-66"), "{}", out.all());
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = check_file(
+        &dir,
+        "[[route]]\nupstream = \"https://api.example.com\"\n\
+         [token.t]\ngrant = \"static\"\nstatic_token = \"x\"\n\
+         [shared]\nredis_url = \"redis://\"\n",
+    );
+    assert_invalid(&out, &["`shared.redis_url`", "not a valid Redis URL"]);
+}
+
+#[tokio::test]
+async fn options_the_grant_does_not_use_are_named_in_a_warning() {
+    let out = check_static(
+        &["--token-file", "/nonexistent/token", "--log-format", "text"],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr.contains("not used by the profile's grant")
+            && out
+                .stderr
+                .contains("--token-file (or `token.default.token_file`)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn check_shows_the_configurations_warnings() {
+    let out = check_static(&["--listen", "0.0.0.0:18080"], &[]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(out.stdout.starts_with("configuration OK"), "{}", out.stdout);
+    assert!(
+        out.stderr
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .any(|v| v["level"] == "WARN"
+                && v["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("not on loopback"))),
+        "{}",
+        out.stderr
+    );
+}
+
+/// A command line that does not parse (an unknown flag, a value outside a fixed set) is
+/// clap's usage error: exit 2, the offending argument named.
+#[tokio::test]
+async fn a_bad_command_line_exits_2_naming_the_argument() {
+    let out = run_once(["--upstrem", "https://api.example.com"], &[]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert_names(&out, &["--upstrem"]);
+    let out = run_once(["dev", "--log-format", "xml"], &[]);
+    assert_eq!(out.code, Some(2), "{}", out.all());
+    assert_names(&out, &["--log-format", "xml"]);
+}
+
+#[tokio::test]
+async fn an_invalid_log_filter_is_reported() {
+    let out = check_static(&[], &[("TOKEN_SIDECAR_LOG", "token_sidecar=verbose")]);
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert!(
+        out.stderr
+            .contains("TOKEN_SIDECAR_LOG is not a valid log filter")
+            && out.stderr.contains("token_sidecar=verbose"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[tokio::test]
+async fn two_profiles_cannot_share_a_state_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "s").unwrap();
+    let profile = |name: &str, state: &str| {
+        format!(
+            "[token.{name}]\ngrant = \"client_credentials\"\ntoken_url = \"https://auth.example.com/token\"\n\
+             client_id = \"c\"\nclient_secret_file = \"{}\"\nstate_file = \"{}\"\n",
+            secret.display(),
+            dir.path().join(state).display()
+        )
+    };
+    let routes = "[[route]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"https://api.example.com\"\ntoken = \"one\"\n\
+                  [[route]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"https://api.example.com\"\ntoken = \"two\"\n";
+    let out = check_file(
+        &dir,
+        &format!(
+            "{routes}{}{}",
+            profile("one", "same.json"),
+            profile("two", "same.json")
+        ),
+    );
+    assert_invalid(
+        &out,
+        &["`token.two.state_file`", "token `one`", "(1 problem(s))"],
+    );
+    // Their own files: fine.
+    let out = check_file(
+        &dir,
+        &format!(
+            "{routes}{}{}",
+            profile("one", "one.json"),
+            profile("two", "two.json")
+        ),
+    );
+    assert_eq!(out.code, Some(0), "{}", out.all());
 }

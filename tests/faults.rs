@@ -900,3 +900,42 @@ async fn token_endpoint_failures_back_off_within_growing_bounds() {
     assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
     assert_eq!(sc.admin_get("/readyz").await.0, 503);
 }
+
+#[tokio::test]
+async fn token_endpoint_429_with_a_zero_retry_after_still_backs_off() {
+    // `Retry-After: 0` (or an HTTP date in the past, as a server with a slow clock sends) on a
+    // 429: the endpoint is still refusing; the retries must not settle into a fixed fast beat.
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    rig.ts.set_fault(
+        Fault::TooManyRequests {
+            retry_after: Some(0),
+        },
+        None,
+    );
+    let sc = rig.sidecar().start().await;
+    let planned = || -> Vec<u64> {
+        sc.json_logs()
+            .iter()
+            .filter(|v| v["message"] == "token refresh failed")
+            .map(|v| v["retry_in_ms"].as_u64().unwrap())
+            .collect()
+    };
+    support::wait_until(Duration::from_secs(20), "three failed attempts", || {
+        planned().len() >= 3
+    })
+    .await;
+    let planned: Vec<u64> = planned().into_iter().take(3).collect();
+    // Full-jitter backoff draws from [250 ms, 1 s], [250 ms, 2 s], [250 ms, 4 s]: all three
+    // at the floor would be a one-in-millions draw; a fixed 250 ms beat is the bug.
+    assert!(
+        planned.iter().any(|&ms| ms > 260),
+        "retries planned {planned:?} ms apart"
+    );
+    for (k, ms) in planned.iter().enumerate() {
+        assert!(
+            (250..=1000u64 << k).contains(ms),
+            "attempt {}: planned {ms} ms",
+            k + 2
+        );
+    }
+}

@@ -261,3 +261,42 @@ async fn an_empty_file_over_a_valid_one_keeps_the_previous_token() {
     sc.assert_logs_free_of("keep-me");
     sc.assert_logs_free_of("bad\u{1}token");
 }
+
+#[tokio::test]
+async fn a_manual_refresh_of_a_token_file_is_counted() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("token");
+    std::fs::write(&file, "manual-one").unwrap();
+    let sc = start(&up, &file).await;
+    wait_for_token(&up, &sc, "manual-one").await;
+
+    std::fs::remove_file(&file).unwrap();
+    let r = Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await;
+    r.assert_sidecar_error(502, "refresh_failed");
+    let m = sc.metrics().await;
+    assert_eq!(
+        metrics::value(
+            &m,
+            "token_sidecar_token_refreshes_total",
+            &[
+                ("token", "default"),
+                ("trigger", "manual"),
+                ("result", "failure")
+            ]
+        ),
+        Some(1.0),
+        "{m}"
+    );
+    // The previous token is kept.
+    assert_eq!(
+        probe(&up, &sc).await,
+        (200, Some("Bearer manual-one".to_owned()))
+    );
+}

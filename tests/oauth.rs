@@ -791,3 +791,54 @@ async fn refresh_token_grant_bootstraps_from_a_file_and_keeps_the_session() {
     assert_eq!(rig.ts.grace_replays(), 0);
     sc.assert_logs_free_of(&rt);
 }
+
+#[tokio::test]
+async fn the_refresh_subcommand_rotating_the_state_file_behind_a_running_sidecar_costs_no_session()
+{
+    // No grace window: an exchanged refresh token presented again is refused (OAU-213).
+    let rig = Rig::new(TokenServerConfig {
+        grace_unused: Duration::ZERO,
+        grace_after_use: Duration::ZERO,
+        ..TokenServerConfig::default()
+    })
+    .await;
+    let state = rig.path("state.json");
+    let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
+    wait_ready(&sc).await;
+    // A CronJob (or an operator) runs `refresh` on the same state file: the refresh token the
+    // sidecar holds is exchanged.
+    let out = rig
+        .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(support::json(out.stdout.trim().as_bytes())["version"], 2);
+    // The sidecar's token was replaced at the server: its next refresh takes the state file's
+    // newer refresh token instead of presenting the exchanged one and logging in again.
+    let r = post_refresh(&sc).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
+    assert!(
+        rig.ts.stale_refresh_token_uses().is_empty(),
+        "the exchanged refresh token was presented"
+    );
+    assert_eq!(rig.ts.successful_logins(), 1, "a second session");
+    assert!(token_info(&sc).await["version"].as_u64().unwrap() > 2);
+}
+
+#[tokio::test]
+async fn the_refresh_subcommand_fails_when_its_state_file_cannot_be_written() {
+    let rig = Rig::new(TokenServerConfig::default()).await;
+    // The state file's directory is not a directory (root ignores permission bits).
+    std::fs::write(rig.path("not-a-dir"), "x").unwrap();
+    let state = rig.path("not-a-dir").join("state.json");
+    let out = rig
+        .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
+        .await;
+    // The refresh token was exchanged (or a session opened) and its successor is kept nowhere:
+    // a CronJob reporting success here opens a new session on every run.
+    assert_ne!(out.code, Some(0), "{}", out.all());
+    assert_eq!(
+        support::json(out.stdout.trim().as_bytes())["result"],
+        "failure"
+    );
+}

@@ -321,3 +321,234 @@ async fn redis_get(url: &str, key: &str) -> Option<String> {
         .await
         .unwrap()
 }
+
+// ---------------------------------------------------------------------------------------------
+// State-machine edge cases of the shared path
+// ---------------------------------------------------------------------------------------------
+
+/// One replica sharing through Redis, holding a fresh one-hour token.
+async fn one_fresh_replica(rig: &Rig) -> Sidecar {
+    let mut replicas = rig.replicas(1, 3600, &[]).await;
+    replicas.remove(0)
+}
+
+fn shared_reads(m: &str) -> f64 {
+    support::metrics::sum(
+        m,
+        "token_sidecar_shared_store_operations_total",
+        &[("op", "read"), ("result", "ok")],
+    )
+}
+
+async fn post_refresh(sc: &Sidecar) -> support::Resp {
+    Client::http1()
+        .send(
+            http::Request::post(sc.admin_url("/refresh"))
+                .body(support::client::empty())
+                .unwrap(),
+        )
+        .await
+}
+
+#[tokio::test]
+async fn a_401_for_a_fresh_shared_token_refreshes_and_replays() {
+    let rig = Rig::new(20).await;
+    let sc = one_fresh_replica(&rig).await;
+    let v1 = version(&sc).await;
+    // The API stops accepting the token long before its refresh is due (as after a revocation
+    // of the access token alone, or RingCentral's OAU-128).
+    assert!(rig.rc.ts.expire_access_tokens() >= 1);
+    let r = Client::http1().get(&sc.url("/restapi/v1.0/echo")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(version(&sc).await > v1);
+    assert_eq!(rig.rc.count("refresh_token", 200), 1);
+    assert_eq!(rig.rc.ts.successful_logins(), 1);
+}
+
+#[tokio::test]
+async fn a_failed_manual_refresh_of_a_fresh_shared_token_does_not_spin() {
+    let rig = Rig::new(20).await;
+    let sc = one_fresh_replica(&rig).await;
+    rig.rc.ts.set_fault(Fault::Status(500), Some(1));
+    let r = post_refresh(&sc).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    // The timer retries after the backoff (at most 1 s), finds the shared token fresh, and
+    // plans its next attempt for when that token is due (minutes away), not "now" forever.
+    support::eventually(
+        DEADLINE,
+        "the next attempt planned at the due time",
+        || async {
+            let v = support::json(sc.admin_get("/token-info").await.1.as_bytes());
+            let next = v["tokens"]["default"]["next_refresh_at"]
+                .as_u64()
+                .unwrap_or(0);
+            next > v["now"].as_u64().unwrap() + 600
+        },
+    )
+    .await;
+    // And Redis is read at the follower's pace, not in a loop: measured over a window.
+    let before = shared_reads(&sc.metrics().await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let reads = shared_reads(&sc.metrics().await) - before;
+    assert!(reads <= 10.0, "{reads} Redis reads in 2 s");
+    assert_eq!(
+        rig.rc.ts.request_count(),
+        2,
+        "the login and the failed refresh only"
+    );
+}
+
+#[tokio::test]
+async fn an_older_set_in_redis_never_replaces_the_newer_refresh_token_of_the_state_file() {
+    // No grace window: a refresh token presented after its exchange is a stale use, visible.
+    let rc = support::rc::Rig::new(TokenServerConfig {
+        grace_unused: Duration::ZERO,
+        grace_after_use: Duration::ZERO,
+        ..TokenServerConfig::default()
+    })
+    .await;
+    let redis = Redis::start();
+    let state = rc.path("state.json");
+    let with_state = |b: SidecarBuilder| {
+        b.args(["--redis-url", &redis.url()])
+            .arg("--state-file")
+            .arg(&state)
+            .args(["--token-param", "access_token_ttl=2"])
+    };
+    // A replica logs in: version 1 in Redis and in its state file.
+    let mut sc = with_state(rc.sidecar()).start().await;
+    support::eventually(DEADLINE, "ready", || async {
+        sc.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    sc.sigterm();
+    assert!(sc.wait_exit(DEADLINE).await.success());
+    // The state file moves on without Redis (Redis restored from an old snapshot, or a
+    // refresh made while it was away): version 2, refresh token rotated.
+    let out = rc
+        .refresh_subcommand(&[
+            "--state-file",
+            state.to_str().unwrap(),
+            "--token-param",
+            "access_token_ttl=2",
+        ])
+        .await;
+    assert_eq!(out.code, Some(0), "{}", out.all());
+    assert_eq!(support::json(out.stdout.trim().as_bytes())["version"], 2);
+    // Its access token expires; only its refresh token is of use at the next start.
+    let expires_ms = support::json(&std::fs::read(&state).unwrap())["expires_at_ms"]
+        .as_u64()
+        .unwrap();
+    support::eventually(DEADLINE, "the persisted access token to expire", || async {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+            > expires_ms + 100
+    })
+    .await;
+    let sc = with_state(rc.sidecar()).start().await;
+    support::eventually(DEADLINE, "ready again", || async {
+        sc.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    assert!(
+        rc.ts.stale_refresh_token_uses().is_empty(),
+        "the exchanged refresh token of Redis' older set was presented"
+    );
+    assert_eq!(
+        rc.ts.successful_logins(),
+        1,
+        "a new session instead of the kept one"
+    );
+}
+
+#[tokio::test]
+async fn another_configurations_set_under_the_same_key_is_never_adopted() {
+    // Two deployments (two token endpoints here, as two apps or two users would be) that share
+    // one Redis and the default profile name.
+    let redis = Redis::start();
+    let a_rig = support::rc::Rig::new(TokenServerConfig::default()).await;
+    let b_rig = support::rc::Rig::new(TokenServerConfig::default()).await;
+    let a = a_rig
+        .sidecar()
+        .args(["--redis-url", &redis.url()])
+        .start()
+        .await;
+    support::eventually(DEADLINE, "a ready", || async {
+        a.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    let b = b_rig
+        .sidecar()
+        .args(["--redis-url", &redis.url()])
+        .start()
+        .await;
+    support::eventually(DEADLINE, "b ready", || async {
+        b.admin_get("/readyz").await.0 == 200
+    })
+    .await;
+    // b's own login, not a's token, and none of a's refresh tokens sent to b's endpoint.
+    let client = Client::http1();
+    let r = client.get(&b.url("/restapi/v1.0/echo")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(b_rig.ts.successful_logins(), 1);
+    assert_eq!(b_rig.count("refresh_token", 400), 0);
+    // Whatever b wrote is not adopted by a either: let a's follower read Redis a few times.
+    let reads = shared_reads(&a.metrics().await);
+    support::eventually(DEADLINE, "a's follower to read Redis", || async {
+        shared_reads(&a.metrics().await) >= reads + 2.0
+    })
+    .await;
+    assert_eq!(version(&a).await, 1, "a adopted b's set");
+    let r = client.get(&a.url("/restapi/v1.0/echo")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(a_rig.count("refresh_token", 400), 0);
+    for sc in [&a, &b] {
+        let m = sc.metrics().await;
+        assert_eq!(
+            support::metrics::sum(&m, "token_sidecar_unauthorized_retries_total", &[]),
+            0.0,
+            "{m}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_retry_after_answered_to_one_replica_binds_every_replica() {
+    // RingCentral's auth limit is per user and app: the whole fleet's. A replica that asks
+    // during another's Retry-After restarts the penalty for all of them.
+    let rig = Rig::new(20).await;
+    let replicas = rig.replicas(2, 3600, &[]).await;
+    let before = *rig.rc.ts.arrivals().borrow();
+    rig.rc.ts.set_fault(
+        Fault::TooManyRequests {
+            retry_after: Some(30),
+        },
+        Some(1),
+    );
+    let r = post_refresh(&replicas[0]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(rig.rc.ts.requests().last().unwrap().status, 429);
+    // The other replica's forced refresh, its 401s and its timer all wait too.
+    let r = post_refresh(&replicas[1]).await;
+    assert_eq!(r.status, 502, "{}", r.text());
+    rig.rc.ts.expire_access_tokens();
+    let r = Client::http1()
+        .get(&replicas[1].url("/restapi/v1.0/echo"))
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(
+        *rig.rc.ts.arrivals().borrow() - before,
+        1,
+        "a token request inside another replica's Retry-After"
+    );
+    let info = support::json(replicas[1].admin_get("/token-info").await.1.as_bytes());
+    let next = info["tokens"]["default"]["next_refresh_at"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        next >= info["now"].as_u64().unwrap() + 25,
+        "the timer is not on hold: {info}"
+    );
+}

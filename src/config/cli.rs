@@ -50,7 +50,7 @@ pub struct DevFlags {
     #[arg(long, default_value = "30s")]
     pub token_lifetime: String,
     /// text or json.
-    #[arg(long, default_value = "text", value_name = "text|json")]
+    #[arg(long, default_value = "text", value_name = "text|json", value_parser = ["text", "json"])]
     pub log_format: String,
 }
 

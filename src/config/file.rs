@@ -110,7 +110,10 @@ pub fn parse(
     match parsed {
         Ok(raw) => Some(raw),
         Err(e) => {
-            errors.push(format!("config file: `{}`: {}", e.path(), e.inner()));
+            // The message alone: toml's `Display` appends the key again, on lines of its own
+            // and without the array index.
+            let message = e.inner().message().trim().replace('\n', " ");
+            errors.push(format!("config file: `{}`: {message}", e.path()));
             None
         }
     }
@@ -267,6 +270,8 @@ mod tests {
         let mut errors = vec![];
         parse("[[route]]\nrefresh_on_401 = \"yes\"\n", &env, &mut errors);
         assert!(errors[0].contains("route[0].refresh_on_401"), "{errors:?}");
+        assert!(!errors[0].contains('\n'), "{errors:?}");
+        assert!(!errors[0].contains("route.refresh_on_401"), "{errors:?}");
     }
 
     #[test]

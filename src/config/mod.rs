@@ -325,7 +325,8 @@ impl Checker {
                     "{} and {}: give the {what} one way only",
                     i.key, f.key
                 ));
-                None
+                // Given, if twice: the conflict is the one problem to report.
+                Some(SecretSource::File(PathBuf::from(f.value)))
             }
             (Some(i), None) => {
                 if i.value.is_empty() {
@@ -362,17 +363,37 @@ fn bool_str(v: &Option<bool>) -> Option<String> {
     v.map(|b| b.to_string())
 }
 
+/// The log format asked for, read before the configuration is loaded so that the warnings
+/// of loading it are already written in that format: `--log-format` (or its variable), else
+/// the config file's `log_format`, else JSON. A bad value is reported by [`load`].
+pub fn log_format_hint(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> LogFormat {
+    let from_file = || {
+        let text = std::fs::read_to_string(flags.config.as_ref()?).ok()?;
+        let value: toml::Value = toml::from_str(&text).ok()?;
+        file::expand(value.get("log_format")?.as_str()?, env).ok()
+    };
+    match flags.log_format.clone().or_else(from_file).as_deref() {
+        Some("text") => LogFormat::Text,
+        _ => LogFormat::Json,
+    }
+}
+
 /// Loads the configuration from flags (already merged with the environment by clap), the
 /// config file they name, and `env` for `${VAR}` expansion.
 pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
     let mut c = Checker { errors: Vec::new() };
     let raw = match &flags.config {
         None => file::RawFile::default(),
+        // A file that cannot be read or parsed is the only problem reported: checking the
+        // flags against an empty file would name routes and profiles that are not there.
         Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => file::parse(&text, env, &mut c.errors).unwrap_or_default(),
+            Ok(text) => match file::parse(&text, env, &mut c.errors) {
+                Some(raw) => raw,
+                None => return Err(ConfigErrors(c.errors)),
+            },
             Err(e) => {
                 c.err(format!("--config: cannot read {}: {e}", path.display()));
-                file::RawFile::default()
+                return Err(ConfigErrors(c.errors));
             }
         },
     };
@@ -382,15 +403,16 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     let mut raw_routes = raw.route;
     let mut raw_tokens = raw.token;
     if raw_routes.is_empty() {
+        // With several profiles in the file, which one the route uses is not guessed: the
+        // route loop below reports the missing `token`.
+        let token = match raw_tokens.len() {
+            0 => Some("default".to_owned()),
+            1 => raw_tokens.keys().next().cloned(),
+            _ => None,
+        };
         raw_routes.push(file::RawRoute {
             name: Some("default".into()),
-            token: Some(
-                raw_tokens
-                    .keys()
-                    .next()
-                    .cloned()
-                    .unwrap_or_else(|| "default".into()),
-            ),
+            token,
             ..Default::default()
         });
     }
@@ -448,10 +470,13 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
     };
     let threads = {
         let s = pick(&flags.threads, "threads", &u64_str(&raw.threads), "threads");
+        let key = s
+            .as_ref()
+            .map_or_else(|| "--threads".to_owned(), |s| s.key.clone());
         let default = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
         let n = c.number(s, default);
         if n == 0 || n > 1024 {
-            c.err(format!("--threads: {n} is out of range (1..=1024)"));
+            c.err(format!("{key}: {n} is out of range (1..=1024)"));
         }
         n.clamp(1, 1024) as usize
     };
@@ -471,6 +496,13 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 || u.value.starts_with("unix://"))
             {
                 c.err(format!("{}: must be a redis:// or rediss:// URL", u.key));
+            } else if let Err(e) = redis::Client::open(u.value.as_str()) {
+                // Parsed only, no connection. The URL may hold a password: never printed.
+                c.err(format!(
+                    "{}: not a valid Redis URL ({:?}); expected redis://[:PASSWORD@]HOST[:PORT][/DB]",
+                    u.key,
+                    e.kind()
+                ));
             }
             SharedConfig {
                 redis_url: Secret::new(u.value),
@@ -539,6 +571,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 }
             },
         };
+        let username_src = pick(&f.username, "username", &t.username, &k("username"));
         let missing = |c: &mut Checker, what: &str, flag: &str, key: &str| {
             c.err(format!(
                 "{grant_key}: grant `{grant_name}` needs {what} (--{flag} or `{}`)",
@@ -599,7 +632,10 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 }
             }
             "password" => {
-                let user = pick(&f.username, "username", &t.username, &k("username"));
+                let user = username_src.as_ref().map(|u| Src {
+                    value: u.value.clone(),
+                    key: u.key.clone(),
+                });
                 let pw = c.secret(
                     t.password.clone().map(|v| Src {
                         value: v,
@@ -689,7 +725,20 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 None
             }
         };
+        // An empty value (often a `${VAR}` whose variable is set but empty) where the grant
+        // sends it.
+        let uses_username = matches!(grant, Some(Grant::Password { .. }));
+        let uses_client_id = grant.as_ref().is_some_and(Grant::is_oauth);
+        for (src, what, used) in [
+            (&client_id, "client id", uses_client_id),
+            (&username_src, "username", uses_username),
+        ] {
+            if let Some(v) = src.as_ref().filter(|v| used && v.value.trim().is_empty()) {
+                c.err(format!("{}: the {what} is empty", v.key));
+            }
+        }
         if let Some(g) = &grant {
+            warn_unused_options(name, g, &f, t);
             if g.is_oauth() {
                 match &token_url {
                     None => c.err(format!(
@@ -819,6 +868,21 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         }
     }
 
+    // One state file per profile: two profiles writing the same file would take each other's
+    // tokens (and rotated refresh tokens) on every restart and every refresh.
+    let mut state_files: BTreeMap<&PathBuf, &str> = BTreeMap::new();
+    for t in tokens.values() {
+        if let Some(p) = &t.state_file {
+            if let Some(other) = state_files.insert(p, &t.name) {
+                c.err(format!(
+                    "`token.{}.state_file`: {} is also the state file of token `{other}`; give each profile its own",
+                    t.name,
+                    p.display()
+                ));
+            }
+        }
+    }
+
     // Routes.
     let mut routes = Vec::new();
     for (i, r) in raw_routes.iter().enumerate() {
@@ -876,11 +940,19 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             }
             PathBuf::from(s.value)
         });
-        let token = r
-            .token
-            .clone()
-            .unwrap_or_else(|| raw_tokens.keys().next().cloned().unwrap_or_default());
-        if !raw_tokens.contains_key(&token) {
+        let token = match &r.token {
+            Some(t) => t.clone(),
+            None if raw_tokens.len() > 1 => {
+                c.err(format!(
+                    "`{}`: required: the config file defines several token profiles ({}); name the one this route uses",
+                    k("token"),
+                    raw_tokens.keys().cloned().collect::<Vec<_>>().join(", ")
+                ));
+                String::new()
+            }
+            None => raw_tokens.keys().next().cloned().unwrap_or_default(),
+        };
+        if !token.is_empty() && !raw_tokens.contains_key(&token) {
             c.err(format!(
                 "`{}`: no token profile `{token}` (defined: {})",
                 k("token"),
@@ -984,14 +1056,22 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             ),
             Duration::from_secs(30),
         );
-        for (d, what) in [
-            (upstream_timeout, "upstream-timeout"),
-            (connect_timeout, "connect-timeout"),
-            (upstream_idle_timeout, "upstream-idle-timeout"),
-            (header_read_timeout, "header-read-timeout"),
+        for (d, what, key) in [
+            (upstream_timeout, "upstream-timeout", "upstream_timeout"),
+            (connect_timeout, "connect-timeout", "connect_timeout"),
+            (
+                upstream_idle_timeout,
+                "upstream-idle-timeout",
+                "upstream_idle_timeout",
+            ),
+            (
+                header_read_timeout,
+                "header-read-timeout",
+                "header_read_timeout",
+            ),
         ] {
             if d.is_zero() {
-                c.err(format!("--{what}: must be more than 0"));
+                c.err(format!("--{what} (or `{}`): must be more than 0", k(key)));
             }
         }
         let max_request_header_bytes = c.number(
@@ -1102,7 +1182,7 @@ fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Chec
             }
         }
     }
-    let token_flags: [(&str, bool); 14] = [
+    let token_flags: [(&str, bool); 20] = [
         ("grant", flags.grant.is_some()),
         ("token-url", flags.token_url.is_some()),
         ("client-id", flags.client_id.is_some()),
@@ -1111,18 +1191,112 @@ fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Chec
         ("client-auth", flags.client_auth.is_some()),
         ("assertion-file", flags.assertion_file.is_some()),
         ("refresh-token-file", flags.refresh_token_file.is_some()),
+        ("username", flags.username.is_some()),
         ("password-file", flags.password_file.is_some()),
         ("scope", flags.scope.is_some()),
+        ("token-param", !flags.token_param.is_empty()),
         ("token-file", flags.token_file.is_some()),
         ("static-token", flags.static_token.is_some()),
         ("state-file", flags.state_file.is_some()),
         ("refresh-margin", flags.refresh_margin.is_some()),
+        ("min-refresh-interval", flags.min_refresh_interval.is_some()),
+        ("file-poll-interval", flags.file_poll_interval.is_some()),
+        (
+            "default-token-lifetime",
+            flags.default_token_lifetime.is_some(),
+        ),
+        (
+            "token-request-timeout",
+            flags.token_request_timeout.is_some(),
+        ),
     ];
     if !one_token {
         for (name, given) in token_flags {
             if given {
                 c.err(format!("--{name}: the config file defines several token profiles; set it in the profile's table instead"));
             }
+        }
+    }
+}
+
+/// Logs a warning for each credential option given to a profile whose grant does not use it
+/// (`--token-file` with `--grant client_credentials`, `--refresh-token-file` with `jwt_bearer`,
+/// ...): it would otherwise be ignored without a word.
+fn warn_unused_options(name: &str, grant: &Grant, f: &Flags, t: &file::RawToken) {
+    let oauth = grant.is_oauth();
+    let options: [(&str, &str, bool, bool); 10] = [
+        (
+            "token-url",
+            "token_url",
+            f.token_url.is_some() || t.token_url.is_some(),
+            oauth,
+        ),
+        (
+            "client-id",
+            "client_id",
+            f.client_id.is_some() || t.client_id.is_some(),
+            oauth,
+        ),
+        (
+            "client-secret-file",
+            "client_secret_file",
+            f.client_secret.is_some()
+                || f.client_secret_file.is_some()
+                || t.client_secret.is_some()
+                || t.client_secret_file.is_some(),
+            oauth,
+        ),
+        (
+            "assertion-file",
+            "assertion_file",
+            f.assertion_file.is_some() || t.assertion.is_some() || t.assertion_file.is_some(),
+            matches!(grant, Grant::JwtBearer { .. }),
+        ),
+        (
+            "refresh-token-file",
+            "refresh_token_file",
+            f.refresh_token_file.is_some() || t.refresh_token_file.is_some(),
+            matches!(grant, Grant::RefreshToken { .. }),
+        ),
+        (
+            "username",
+            "username",
+            f.username.is_some() || t.username.is_some(),
+            matches!(grant, Grant::Password { .. }),
+        ),
+        (
+            "password-file",
+            "password_file",
+            f.password_file.is_some() || t.password.is_some() || t.password_file.is_some(),
+            matches!(grant, Grant::Password { .. }),
+        ),
+        (
+            "token-file",
+            "token_file",
+            f.token_file.is_some() || t.token_file.is_some(),
+            matches!(grant, Grant::File { .. }),
+        ),
+        (
+            "static-token",
+            "static_token",
+            f.static_token.is_some() || t.static_token.is_some(),
+            matches!(grant, Grant::Static { .. }),
+        ),
+        (
+            "state-file",
+            "state_file",
+            f.state_file.is_some() || t.state_file.is_some(),
+            oauth,
+        ),
+    ];
+    for (flag, key, given, used) in options {
+        if given && !used {
+            tracing::warn!(
+                token = %name,
+                option = %format!("--{flag} (or `token.{name}.{key}`)"),
+                grant = grant.kind(),
+                "this option is not used by the profile's grant and is ignored"
+            );
         }
     }
 }

@@ -422,6 +422,8 @@ pub struct Profile {
     pub store: Arc<TokenStore>,
     /// What feeds the store.
     pub source: Source,
+    /// Where re-reads of a token file (manual, after a 401) are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl std::fmt::Debug for Profile {
@@ -448,7 +450,8 @@ impl Profile {
             Source::Static => Ok(()),
             Source::File(path) => {
                 let mut src =
-                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone());
+                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone())
+                        .with_metrics(self.metrics.clone());
                 src.reload(trigger.as_str());
                 let status = self.store.status();
                 match status.error {
@@ -471,7 +474,8 @@ impl Profile {
             Source::Static => None,
             Source::File(path) => {
                 let mut src =
-                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone());
+                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone())
+                        .with_metrics(self.metrics.clone());
                 src.reload("file");
                 let v = self.store.version();
                 (v > failed_version).then_some(v)

@@ -104,6 +104,10 @@ pub struct Refresher {
     shared: Option<SharedStore>,
     /// The replica that obtained the current token (shared mode).
     refreshed_by: std::sync::Mutex<Option<String>>,
+    /// Whether a foreign set in the shared store has been reported (once).
+    foreign_warned: std::sync::atomic::AtomicBool,
+    /// Why the last write of the state file failed (`None` after a successful one).
+    state_file_error: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Refresher {
@@ -164,6 +168,8 @@ impl Refresher {
             rt_snapshot: std::sync::Mutex::new((false, None)),
             shared,
             refreshed_by: std::sync::Mutex::new(None),
+            foreign_warned: std::sync::atomic::AtomicBool::new(false),
+            state_file_error: std::sync::Mutex::new(None),
         })
     }
 
@@ -219,8 +225,12 @@ impl Refresher {
     fn adopt(&self, inner: &mut Inner, st: &State, refreshed_by: Option<&str>) -> bool {
         let set = st.token_set();
         let now = SystemTime::now();
-        inner.version_floor = inner.version_floor.max(st.version);
-        if st.version < self.store.version() {
+        // The newest set known, published or not: a state file's whose access token expired
+        // still brought its refresh token. An older set (Redis restored from an old snapshot,
+        // a stale state file) carries a refresh token that has been exchanged since.
+        let newest = inner.version_floor.max(self.store.version());
+        inner.version_floor = newest.max(st.version);
+        if st.version < newest {
             return false;
         }
         if set.refresh_expires_at.is_none_or(|e| e > now) {
@@ -264,6 +274,9 @@ impl Refresher {
 
     /// Adopts a set read from the shared store, counting it as a `shared` refresh.
     fn adopt_shared(&self, inner: &mut Inner, remote: &SharedSet) -> bool {
+        if !self.is_ours(remote) {
+            return false;
+        }
         let published = self.adopt(inner, &remote.state, Some(&remote.refreshed_by));
         if published {
             self.metrics
@@ -276,6 +289,32 @@ impl Refresher {
             tracing::debug!(token = %self.name, version = remote.state.version, refreshed_by = %remote.refreshed_by, "adopted the shared token");
         }
         published
+    }
+
+    /// Whether a set read from the shared store belongs to this configuration (token URL,
+    /// client, grant). Another deployment sharing the Redis and the profile name writes under
+    /// the same key: its tokens are for another app or user, and are never used here.
+    fn is_ours(&self, remote: &SharedSet) -> bool {
+        let ours = remote.state.profile == self.profile_key;
+        if !ours
+            && !self
+                .foreign_warned
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(token = %self.name, version = remote.state.version, refreshed_by = %remote.refreshed_by, "the shared store holds a token set of another token endpoint, client or grant under this profile's key; ignoring it (give each deployment its own [shared] key_prefix)");
+        }
+        ours
+    }
+
+    /// Plans the timed refresh of `st` (a set that is not due yet) at its jittered due time.
+    fn schedule_for(&self, inner: &mut Inner, st: &State) {
+        let set = st.token_set();
+        let delay = refresh_delay(set.lifetime(), self.cfg.refresh_margin, jitter());
+        let wait = (set.obtained_at + delay)
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .max(BACKOFF_FLOOR);
+        self.set_next_attempt(inner, Instant::now() + wait);
     }
 
     fn set_next_attempt(&self, inner: &mut Inner, at: Instant) {
@@ -323,6 +362,9 @@ impl Refresher {
                 return Ok(current);
             }
         }
+        if let Some(v) = self.take_over_state_file(inner, trigger, seen_version) {
+            return Ok(v);
+        }
         let now = Instant::now();
         if let Some((nb, hold)) = inner.not_before {
             if now < nb {
@@ -351,12 +393,78 @@ impl Refresher {
         }
     }
 
+    /// Without a shared store, another process may refresh through the state file (the
+    /// `refresh` subcommand from a CronJob or an operator): the refresh token held here has then
+    /// been exchanged, and only the file's newer one still works. Takes a newer set from the
+    /// file before any token request; returns the version to answer with when that set makes
+    /// the request unnecessary (a 401 answered by its newer token, a timer not due yet).
+    fn take_over_state_file(
+        &self,
+        inner: &mut Inner,
+        trigger: Trigger,
+        seen_version: Option<u64>,
+    ) -> Option<u64> {
+        if self.shared.is_some() {
+            return None;
+        }
+        let path = self.cfg.state_file.as_ref()?;
+        let st = state::load(path).ok().flatten()?;
+        if st.profile != self.profile_key
+            || st.version <= inner.version_floor.max(self.store.version())
+        {
+            return None;
+        }
+        tracing::info!(token = %self.name, version = st.version, "the state file holds a newer token set, written by another process; taking it over");
+        let published = self.adopt(inner, &st, None);
+        let current = self.store.version();
+        match seen_version {
+            Some(v) => (current > v).then_some(current),
+            None if published
+                && matches!(trigger, Trigger::Timer | Trigger::Startup)
+                && !self.is_due(&st) =>
+            {
+                Some(current)
+            }
+            None => None,
+        }
+    }
+
     /// Whether a token obtained at `obtained` with `lifetime` is due for its refresh (at the
     /// earliest jittered point).
     fn is_due(&self, st: &State) -> bool {
         let set = st.token_set();
         let earliest = refresh_delay(set.lifetime(), self.cfg.refresh_margin, 1.0);
         SystemTime::now() >= set.obtained_at + earliest
+    }
+
+    /// Whether the shared set `remote` (already adopted) makes a token request unnecessary,
+    /// and the version to answer with. A 401 for `seen_version` is answered only by a newer
+    /// token, however fresh the rejected one looks; a manual refresh never is; the timer is
+    /// when the set is not due yet, and then plans its next attempt at the set's due time
+    /// (the timer may have fired early, after a failed manual or 401 refresh: returning
+    /// without a new plan would fire it again at once, in a loop).
+    fn answered(
+        &self,
+        inner: &mut Inner,
+        remote: &SharedSet,
+        seen_version: Option<u64>,
+        force: bool,
+    ) -> Option<u64> {
+        let current = self.store.version();
+        match seen_version {
+            Some(v) => (current > v).then_some(current),
+            None if force => None,
+            None => {
+                let fresh = remote.state.expires_at > unix_seconds(SystemTime::now())
+                    && !self.is_due(&remote.state);
+                if fresh && current >= remote.state.version {
+                    self.schedule_for(inner, &remote.state);
+                    Some(current)
+                } else {
+                    None
+                }
+            }
+        }
     }
 
     /// The shared-store refresh: adopt a newer set when there is one; otherwise take the lock,
@@ -371,21 +479,19 @@ impl Refresher {
             return Err(RefreshFailure::LockBusy);
         };
         let force = trigger == Trigger::Manual;
-        let satisfied = |store_version: u64, remote: &SharedSet| {
-            seen_version.is_some_and(|v| store_version > v)
-                || (!force && !self.is_due(&remote.state))
-        };
         let remote = match shared.read().await {
             Ok(r) => r,
             Err(e) => return self.shared_unavailable(inner, trigger, e).await,
         };
-        if let Some(r) = &remote {
+        if let Some(r) = remote.as_ref().filter(|r| self.is_ours(r)) {
             self.adopt_shared(inner, r);
-            if satisfied(self.store.version(), r)
-                && r.state.expires_at > unix_seconds(SystemTime::now())
-            {
-                return Ok(self.store.version());
+            if let Some(v) = self.answered(inner, r, seen_version, force) {
+                return Ok(v);
             }
+        }
+        // Another replica was asked to wait: so is this one (the limit is the fleet's).
+        if let Ok(Some(left)) = shared.hold_left().await {
+            return Err(self.held_by_another(inner, left));
         }
         match shared.try_lock().await {
             Ok(true) => {}
@@ -418,13 +524,12 @@ impl Refresher {
             Ok(r) => r,
             Err(e) => return self.shared_unavailable(inner, trigger, e).await,
         };
+        // A foreign set's version still fences the write.
         let remote_version = remote.as_ref().map_or(0, |r| r.state.version);
-        if let Some(r) = &remote {
+        if let Some(r) = remote.as_ref().filter(|r| self.is_ours(r)) {
             self.adopt_shared(inner, r);
-            let fresh =
-                r.state.expires_at > unix_seconds(SystemTime::now()) && !self.is_due(&r.state);
-            if seen_version.is_some_and(|v| self.store.version() > v) || (!force && fresh) {
-                return Ok(self.store.version());
+            if let Some(v) = self.answered(inner, r, seen_version, force) {
+                return Ok(v);
             }
         }
         let version = remote_version
@@ -435,6 +540,12 @@ impl Refresher {
             Ok(set) => set,
             Err(e) => {
                 self.fail(inner, trigger, &e);
+                if let Some((until, Hold::RetryAfter)) = inner.not_before {
+                    let wait = until.saturating_duration_since(Instant::now());
+                    if let Err(e) = shared.hold(wait).await {
+                        tracing::debug!(token = %self.name, error = %e, "the wait could not be shared");
+                    }
+                }
                 return Err(e.into());
             }
         };
@@ -470,6 +581,19 @@ impl Refresher {
         }
     }
 
+    /// Another replica was answered `Retry-After` and `left` of it remains: hold here too, and
+    /// plan the timer after it (spread, so that the replicas do not all ask at its end).
+    fn held_by_another(&self, inner: &mut Inner, left: Duration) -> RefreshFailure {
+        let now = Instant::now();
+        inner.not_before = Some((now + left, Hold::RetryAfter));
+        let spread = (left / 10 + BACKOFF_FLOOR).mul_f64(jitter());
+        self.set_next_attempt(inner, now + left + spread);
+        self.store
+            .set_retry_after((left + spread).as_secs().clamp(1, 300));
+        tracing::info!(token = %self.name, wait_ms = left.as_millis() as u64, "another replica was asked to wait by the token endpoint; waiting too");
+        RefreshFailure::Waiting(left.as_secs().max(1))
+    }
+
     /// Another replica holds the lock: wait (bounded by the lock's TTL) for the set it writes.
     async fn wait_for_holder(
         &self,
@@ -481,7 +605,7 @@ impl Refresher {
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             if let Ok(Some(r)) = shared.read().await {
-                if r.state.version > seen_remote {
+                if r.state.version > seen_remote && self.is_ours(&r) {
                     self.adopt_shared(inner, &r);
                     return Ok(self.store.version());
                 }
@@ -534,10 +658,23 @@ impl Refresher {
             let mut persisted = set.clone();
             persisted.refresh_token = inner.refresh_token.clone();
             persisted.refresh_expires_at = inner.refresh_expires_at;
-            if let Err(e) = state::save(path, &State::new(&self.profile_key, version, &persisted)) {
+            let saved = state::save(path, &State::new(&self.profile_key, version, &persisted));
+            if let Err(e) = &saved {
                 tracing::error!(token = %self.name, error = %e, "cannot write the state file");
             }
+            *self
+                .state_file_error
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = saved.err().map(|e| e.to_string());
         }
+    }
+
+    /// Why the last write of the state file failed, if it did.
+    pub fn state_file_error(&self) -> Option<String> {
+        self.state_file_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Records a successful token request: refresh token kept, state persisted, token
@@ -602,8 +739,11 @@ impl Refresher {
         );
         let (delay, hold) = match e.class() {
             FailureClass::Transient => (transient, None),
+            // Never shorter than the backoff: a 429 saying `Retry-After: 0` (or an HTTP date
+            // already past, from a server whose clock is behind) is still a refusal, and
+            // retrying it on a fixed 250 ms beat would keep the rate limit's penalty going.
             FailureClass::RetryAfter(Some(d)) => (
-                d + transient.min(d / 10 + BACKOFF_FLOOR),
+                (d + transient.min(d / 10 + BACKOFF_FLOOR)).max(transient),
                 Some(Hold::RetryAfter),
             ),
             FailureClass::RetryAfter(None) => {

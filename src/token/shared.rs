@@ -6,6 +6,8 @@
 //!   delete / compare-and-expire in Lua).
 //! - Writes are fenced by version: a Lua script writes only a version greater than the stored
 //!   one, so a replica whose lock expired mid-refresh can never overwrite a newer set.
+//! - A `Retry-After` answered to one replica holds them all: `{prefix}:{profile}:hold` lives as
+//!   long as the wait (the auth rate limit is the user's, not the replica's).
 //! - Each write is announced on the channel `{prefix}:{profile}:updates`; replicas also read the
 //!   set every second in case a notification was missed.
 //!
@@ -68,6 +70,13 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 ";
 
+const HOLD_SCRIPT: &str = r"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+end
+return 1
+";
+
 const EXTEND_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
 return 0
@@ -80,6 +89,7 @@ pub struct SharedStore {
     token: String,
     key: String,
     lock_key: String,
+    hold_key: String,
     channel: String,
     owner: String,
     replica: String,
@@ -89,6 +99,7 @@ pub struct SharedStore {
     write_script: redis::Script,
     unlock_script: redis::Script,
     extend_script: redis::Script,
+    hold_script: redis::Script,
 }
 
 impl std::fmt::Debug for SharedStore {
@@ -136,6 +147,7 @@ impl SharedStore {
             conn: tokio::sync::Mutex::new(None),
             token: token.to_owned(),
             lock_key: format!("{key}:lock"),
+            hold_key: format!("{key}:hold"),
             channel: format!("{key}:updates"),
             key,
             owner,
@@ -146,6 +158,7 @@ impl SharedStore {
             write_script: redis::Script::new(WRITE_SCRIPT),
             unlock_script: redis::Script::new(UNLOCK_SCRIPT),
             extend_script: redis::Script::new(EXTEND_SCRIPT),
+            hold_script: redis::Script::new(HOLD_SCRIPT),
         })
     }
 
@@ -331,6 +344,40 @@ impl SharedStore {
             .await?;
         self.count("write", if n == 1 { "ok" } else { "fenced" });
         Ok(n == 1)
+    }
+
+    /// Asks every replica to send no token request for `wait` (the token endpoint's
+    /// `Retry-After`). A longer hold already set is kept.
+    pub async fn hold(&self, wait: Duration) -> Result<(), SharedError> {
+        let (script, key, owner, ms) = (
+            &self.hold_script,
+            self.hold_key.clone(),
+            self.owner.clone(),
+            wait.as_millis().max(1) as u64,
+        );
+        let _: i64 = self
+            .op("hold", |mut c| async move {
+                script
+                    .key(&key)
+                    .arg(ms)
+                    .arg(&owner)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        self.count("hold", "ok");
+        Ok(())
+    }
+
+    /// What is left of a hold set by any replica.
+    pub async fn hold_left(&self) -> Result<Option<Duration>, SharedError> {
+        let key = self.hold_key.clone();
+        let ms: i64 = self
+            .op("hold_check", |mut c| async move {
+                redis::cmd("PTTL").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok((ms > 0).then(|| Duration::from_millis(ms as u64)))
     }
 
     /// A subscription to update notifications.
