@@ -159,30 +159,36 @@ fn metrics(shared: &Shared) -> Response<Body> {
 }
 
 async fn refresh(shared: &Shared, name: Option<String>) -> Response<Body> {
-    let profile = match &name {
-        Some(n) => shared.profiles.get(n),
-        None if shared.profiles.len() == 1 => shared.profiles.values().next(),
-        None => {
-            return error_response(
-                ErrorKind::BadRequest,
-                "Several token profiles are configured; name one with ?token=NAME.",
-            );
-        }
+    // Without `?token=`, every profile: as the `refresh` subcommand does.
+    let profiles: Vec<_> = match &name {
+        Some(n) => match shared.profiles.get(n) {
+            Some(p) => vec![p],
+            None => return error_response(ErrorKind::NotFound, "No token profile by that name."),
+        },
+        None => shared.profiles.values().collect(),
     };
-    let Some(profile) = profile else {
-        return error_response(ErrorKind::NotFound, "No token profile by that name.");
-    };
-    match profile.refresh_now(crate::token::Trigger::Manual).await {
-        Ok(()) => json_response(
-            StatusCode::OK,
-            &json!({ profile.name.clone(): profile_info(profile) }),
-        ),
-        Err(e) => {
-            tracing::warn!(token = %profile.name, error = %e, "manual refresh failed");
-            error_response(
-                ErrorKind::RefreshFailed,
-                "The refresh failed; see /token-info and the logs for the reason.",
-            )
+    let mut info = serde_json::Map::new();
+    let mut failed = Vec::new();
+    for profile in profiles {
+        match profile.refresh_now(crate::token::Trigger::Manual).await {
+            Ok(()) => {
+                info.insert(profile.name.clone(), profile_info(profile));
+            }
+            Err(e) => {
+                tracing::warn!(token = %profile.name, error = %e, "manual refresh failed");
+                failed.push(profile.name.clone());
+            }
         }
+    }
+    if failed.is_empty() {
+        json_response(StatusCode::OK, &serde_json::Value::Object(info))
+    } else {
+        error_response(
+            ErrorKind::RefreshFailed,
+            &format!(
+                "The refresh of token {} failed; see /token-info and the logs for the reason.",
+                failed.join(", ")
+            ),
+        )
     }
 }

@@ -300,3 +300,61 @@ async fn a_manual_refresh_of_a_token_file_is_counted() {
         (200, Some("Bearer manual-one".to_owned()))
     );
 }
+
+/// `POST /refresh` without `?token=` refreshes every profile; a profile that cannot be
+/// refreshed is named in the sidecar's answer, and `?token=` still picks one.
+#[tokio::test]
+async fn manual_refresh_without_a_name_refreshes_every_profile() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    std::fs::write(&one, "token-one-v1").unwrap();
+    std::fs::write(&two, "token-two-v1").unwrap();
+    let cfg = dir.path().join("sidecar.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [[route]]\nname = \"a\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{up}\"\ntoken = \"one\"\n\
+             [[route]]\nname = \"b\"\nlisten = \"127.0.0.1:0\"\nupstream = \"{up}\"\ntoken = \"two\"\n\
+             [token.one]\ngrant = \"file\"\ntoken_file = \"{}\"\n\
+             [token.two]\ngrant = \"file\"\ntoken_file = \"{}\"\n",
+            one.display(),
+            two.display(),
+            up = up.url(""),
+        ),
+    )
+    .unwrap();
+    let sc = SidecarBuilder::bare()
+        .arg("--config")
+        .arg(&cfg)
+        .start()
+        .await;
+    let post = |path: &str| {
+        let url = sc.admin_url(path);
+        async move {
+            Client::http1()
+                .send(
+                    http::Request::post(url)
+                        .body(support::client::empty())
+                        .unwrap(),
+                )
+                .await
+        }
+    };
+    let r = post("/refresh").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = support::json(r.text().as_bytes());
+    assert!(
+        body.get("one").is_some() && body.get("two").is_some(),
+        "{body}"
+    );
+    // One profile's file gone: the answer names it.
+    std::fs::remove_file(&two).unwrap();
+    let r = post("/refresh").await;
+    r.assert_sidecar_error(502, "refresh_failed");
+    assert!(r.text().contains("two"), "{}", r.text());
+    assert!(!r.text().contains("token-one"), "{}", r.text());
+    // A name still picks one.
+    assert_eq!(post("/refresh?token=one").await.status, 200);
+}
