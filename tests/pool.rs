@@ -297,6 +297,59 @@ async fn a_burst_to_a_slow_upstream_gets_a_connection_per_request() {
     assert_eq!(up.request_count(), HELD + 20);
 }
 
+/// Beyond the floor (64), requests the pool may not open a connection for yet wait for room
+/// together: one keeps the clock, the others wait for its news. When the one keeping the clock
+/// gets a connection that came back instead, another must keep it: the others must not wait
+/// until a connection comes back to each of them (here, until the upstream timeout).
+#[tokio::test]
+async fn requests_waiting_for_room_get_it_after_the_one_keeping_the_clock_got_a_connection() {
+    const BURST: usize = 400;
+    // Each round makes it likely that the request keeping the clock is among the first to be
+    // handed a connection; three make it near certain.
+    for round in 0..3 {
+        let (up, sc) = setup().await;
+        let client = Client::http1();
+        // The floor's connections, each busy with a download that ends on release_download.
+        let urls: Vec<String> = (0..64)
+            .map(|i| sc.url(&format!("/slow-download/{round}/{i}?chunks=1")))
+            .collect();
+        let downloads = futures_util::future::join_all(urls.iter().map(|u| client.get(u)));
+        let rest = async {
+            eventually(
+                DEADLINE,
+                "the floor's downloads at the upstream",
+                || async { up.request_count() >= 64 },
+            )
+            .await;
+            let urls: Vec<String> = (0..BURST)
+                .map(|i| sc.url(&format!("/hold/{round}/{i}")))
+                .collect();
+            let burst = futures_util::future::join_all(urls.iter().map(|u| client.get(u)));
+            let check = async {
+                // The pool grows beyond its floor, a window at a time, while the rest of the
+                // burst waits. The downloads' connections come back to the oldest waiting
+                // requests, the one keeping the clock among them.
+                eventually(DEADLINE, "the pool growing beyond its floor", || async {
+                    up.request_count() > 64 + 64
+                })
+                .await;
+                up.release_download();
+                eventually(
+                    DEADLINE,
+                    "every request of the burst at the upstream",
+                    || async { up.request_count() >= 64 + BURST },
+                )
+                .await;
+                up.release_hold();
+            };
+            let (replies, ()) = tokio::join!(burst, check);
+            assert!(replies.iter().all(|r| r.status == 200), "round {round}");
+        };
+        let (downloaded, ()) = tokio::join!(downloads, rest);
+        assert!(downloaded.iter().all(|r| r.status == 200), "round {round}");
+    }
+}
+
 #[test]
 fn a_bad_connection_limit_is_refused() {
     assert_refused("--max-upstream-connections", "lots");

@@ -16,11 +16,13 @@
 //! when this process is saturated, every latency it can measure grows with the load, and an
 //! API whose endpoints answer in 50 ms and in 2 s would look congested to a latency gradient.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::runtime::RuntimeMetrics;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -49,6 +51,10 @@ pub struct Growth {
     room: Notify,
     /// One waiting request keeps the window's clock while the others sleep.
     ticking: AtomicBool,
+    /// Wakes one of the others when the request keeping the clock stops waiting before the
+    /// pool may grow (a connection came back to it, or its app went away): it keeps the
+    /// clock instead, or the others would sleep until a connection comes back to each.
+    vacated: Notify,
 }
 
 struct Window {
@@ -88,6 +94,7 @@ impl Growth {
             }),
             room: Notify::new(),
             ticking: AtomicBool::new(false),
+            vacated: Notify::new(),
         };
         let busy = growth.busy();
         if let Ok(w) = growth.window.get_mut() {
@@ -133,16 +140,45 @@ impl Growth {
     }
 
     /// Resolves when the pool may have room to grow: the caller asks [`Growth::may_open`]
-    /// again. One caller at a time keeps the window's clock; the others wait for its news.
+    /// again. One caller at a time keeps the window's clock; the others wait for its news, and
+    /// one of them takes the clock over when its keeper stops waiting first.
     pub async fn room(&self, open: impl Fn() -> usize) {
-        let notified = self.room.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let Some(ticking) = Ticking::take(&self.ticking) else {
-            return notified.await;
-        };
+        let news = self.room.notified();
+        tokio::pin!(news);
+        news.as_mut().enable();
         loop {
-            tokio::time::sleep(WINDOW).await;
+            if let Some(ticking) = Ticking::take(self) {
+                return self.tick(ticking, &open, news.as_mut()).await;
+            }
+            let vacated = self.vacated.notified();
+            tokio::pin!(vacated);
+            vacated.as_mut().enable();
+            // Given back before this request was ready to hear of it: take it now.
+            if !self.ticking.load(Ordering::SeqCst) {
+                continue;
+            }
+            tokio::select! {
+                biased;
+                () = news.as_mut() => return,
+                () = vacated => {}
+            }
+        }
+    }
+
+    /// Keeps the window's clock until the pool may grow, then wakes the other waiting
+    /// requests; or until [`Growth::wake`] tells every waiting request to look again.
+    async fn tick(
+        &self,
+        ticking: Ticking<'_>,
+        open: &impl Fn() -> usize,
+        mut news: Pin<&mut Notified<'_>>,
+    ) {
+        loop {
+            tokio::select! {
+                biased;
+                () = news.as_mut() => return,
+                () = tokio::time::sleep(WINDOW) => {}
+            }
             let open = open();
             let grow = open < self.floor
                 || self.window.lock().is_ok_and(|mut w| {
@@ -150,13 +186,16 @@ impl Growth {
                     !w.saturated && w.budget > 0
                 });
             if grow {
-                // Given back first: a request that failed to take the clock before this
-                // point had already enabled its wake-up, and is woken now.
-                drop(ticking);
-                self.room.notify_waiters();
-                return;
+                return ticking.grown();
             }
         }
+    }
+
+    /// Wakes every request waiting for room, the one keeping the clock too, to look for a
+    /// connection again: one that is not counted here can carry them (a new shared HTTP/2
+    /// connection carries every request).
+    pub fn wake(&self) {
+        self.room.notify_waiters();
     }
 
     /// Starts a new window once the current one is over: measures how busy the runtime was
@@ -207,18 +246,40 @@ impl Growth {
 }
 
 /// The right to keep the window's clock, given back when dropped (also when the request
-/// holding it goes away).
-struct Ticking<'a>(&'a AtomicBool);
+/// holding it goes away, or stops waiting because a connection came back to it).
+struct Ticking<'a> {
+    growth: &'a Growth,
+    grown: bool,
+}
 
 impl<'a> Ticking<'a> {
-    fn take(flag: &'a AtomicBool) -> Option<Self> {
-        (!flag.swap(true, Ordering::AcqRel)).then_some(Ticking(flag))
+    fn take(growth: &'a Growth) -> Option<Self> {
+        if growth.ticking.swap(true, Ordering::SeqCst) {
+            return None;
+        }
+        Some(Ticking {
+            growth,
+            grown: false,
+        })
+    }
+
+    /// Gives the clock back and wakes the waiting requests: the pool may grow.
+    fn grown(mut self) {
+        self.grown = true;
     }
 }
 
 impl Drop for Ticking<'_> {
     fn drop(&mut self) {
-        self.0.store(false, Ordering::Release);
+        // Given back first: a request that failed to take the clock before this point had
+        // already enabled its wake-ups, and is woken now.
+        self.growth.ticking.store(false, Ordering::SeqCst);
+        if self.grown {
+            self.growth.room.notify_waiters();
+        } else {
+            // Still no room: one of the others keeps the clock from now on.
+            self.growth.vacated.notify_one();
+        }
     }
 }
 
@@ -297,5 +358,68 @@ mod tests {
         .await
         .expect("both waiting requests were woken");
         assert!(g.may_open(2));
+    }
+
+    /// A growth gate whose window's budget is used up: requests must wait for room.
+    fn used_up() -> std::sync::Arc<Growth> {
+        let g = std::sync::Arc::new(Growth::new(1));
+        while g.may_open(2) {}
+        g
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_request_that_cannot_take_the_clock_leaves_it_to_its_keeper() {
+        use futures_util::FutureExt as _;
+        let g = used_up();
+        let mut a = Box::pin(g.room(|| 2));
+        assert!(a.as_mut().now_or_never().is_none());
+        assert!(
+            g.ticking.load(Ordering::SeqCst),
+            "the first request keeps the clock"
+        );
+        let mut b = Box::pin(g.room(|| 2));
+        assert!(b.as_mut().now_or_never().is_none());
+        assert!(
+            g.ticking.load(Ordering::SeqCst),
+            "the clock is still kept after a second request found it taken"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn when_the_request_keeping_the_clock_goes_away_another_waiting_one_keeps_it() {
+        use futures_util::FutureExt as _;
+        let g = used_up();
+        let mut a = Box::pin(g.room(|| 2));
+        assert!(a.as_mut().now_or_never().is_none());
+        let mut b = Box::pin(g.room(|| 2));
+        assert!(b.as_mut().now_or_never().is_none());
+        // The request keeping the clock got a connection that came back, or its app went
+        // away: the other one must still learn when the pool may grow.
+        drop(a);
+        tokio::time::timeout(Duration::from_secs(10), b)
+            .await
+            .expect("the waiting request was told when the pool may grow");
+        assert!(g.may_open(2));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn wake_tells_every_waiting_request_to_look_again_at_once() {
+        use futures_util::FutureExt as _;
+        let g = used_up();
+        let mut a = Box::pin(g.room(|| 2));
+        assert!(a.as_mut().now_or_never().is_none());
+        let mut b = Box::pin(g.room(|| 2));
+        assert!(b.as_mut().now_or_never().is_none());
+        g.wake();
+        // Not a window later: polled once, both are done.
+        assert!(
+            a.as_mut().now_or_never().is_some(),
+            "the one keeping the clock"
+        );
+        assert!(b.as_mut().now_or_never().is_some(), "the other one");
+        assert!(
+            !g.ticking.load(Ordering::SeqCst),
+            "the clock was given back"
+        );
     }
 }

@@ -96,8 +96,13 @@ struct Inner {
     waiters: Mutex<VecDeque<oneshot::Sender<http1::SendRequest<Body>>>>,
     /// Whether a request that finds no idle connection may open one.
     growth: Growth,
-    /// Connections being opened: requests that may open one and have not finished yet.
+    /// Connections being opened: requests that may open one, hold a permit for it if there
+    /// is a limit, and have not finished yet.
     opening: AtomicUsize,
+    /// Open connections that carry requests (HTTP/1.1 and HTTP/2, upgrades aside): what
+    /// [`Growth`] counts. An upgraded connection belongs to its tunnel and never serves
+    /// another request.
+    pooled: Arc<AtomicUsize>,
     /// Open connections (upgrades included).
     open: IntGauge,
     reaper: std::sync::Once,
@@ -129,18 +134,28 @@ impl Drop for Opening<'_> {
     }
 }
 
-/// What an open connection holds until it closes: its permit and its place in the gauge.
+/// What an open connection holds until it closes: its permit and its place in the gauge and,
+/// unless it is for an upgrade, in [`Inner::pooled`].
 struct Held {
     _permit: Option<OwnedSemaphorePermit>,
     open: IntGauge,
+    pooled: Option<Arc<AtomicUsize>>,
 }
 
 impl Held {
-    fn new(permit: Option<OwnedSemaphorePermit>, open: &IntGauge) -> Self {
+    fn new(
+        permit: Option<OwnedSemaphorePermit>,
+        open: &IntGauge,
+        pooled: Option<&Arc<AtomicUsize>>,
+    ) -> Self {
         open.inc();
+        if let Some(p) = pooled {
+            p.fetch_add(1, Ordering::Relaxed);
+        }
         Held {
             _permit: permit,
             open: open.clone(),
+            pooled: pooled.cloned(),
         }
     }
 }
@@ -148,12 +163,33 @@ impl Held {
 impl Drop for Held {
     fn drop(&mut self) {
         self.open.dec();
+        if let Some(p) = &self.pooled {
+            p.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 struct Idle {
     tx: http1::SendRequest<Body>,
     since: Instant,
+}
+
+/// A waiting request's end of its place in [`Inner::waiters`]. A connection handed over after
+/// the request stopped waiting (it found an idle one, got room or a permit to open one, or its
+/// app went away) but before it dropped its end goes back to the pool instead of being closed:
+/// [`Inner::checkin`] counted it as handed over.
+struct Handed<'a> {
+    pool: &'a Arc<Inner>,
+    rx: oneshot::Receiver<http1::SendRequest<Body>>,
+}
+
+impl Drop for Handed<'_> {
+    fn drop(&mut self) {
+        self.rx.close();
+        if let Ok(tx) = self.rx.try_recv() {
+            self.pool.checkin(tx);
+        }
+    }
 }
 
 /// What a request waiting for a connection got.
@@ -270,6 +306,7 @@ impl Pool {
                     cap => FLOOR.min(cap),
                 }),
                 opening: AtomicUsize::new(0),
+                pooled: Arc::new(AtomicUsize::new(0)),
                 open,
                 reaper: std::sync::Once::new(),
             }),
@@ -407,9 +444,6 @@ impl Inner {
                     Waited::Other(()) | Waited::Again => continue,
                 }
             }
-            // Counted from now on, so that a burst of requests does not all see the same
-            // count while their connections are being established.
-            let _opening = Opening::new(&self.opening);
             let permit = match &self.limit {
                 None => None,
                 Some(limit) => match limit.clone().try_acquire_owned() {
@@ -422,6 +456,13 @@ impl Inner {
                     },
                 },
             };
+            // Counted from now on, so that a burst of requests does not all see the same
+            // count while their connections are being established. Not while waiting for a
+            // permit above: those requests open nothing until a connection closes, and
+            // counted they would make a pool at its limit look larger than its floor (and
+            // shrink it while the runtime is saturated, each connection closed reopened at
+            // once by a request holding its permit).
+            let _opening = Opening::new(&self.opening);
             return Ok((Box::pin(self.connect(permit)).await?, false));
         }
     }
@@ -431,13 +472,17 @@ impl Inner {
     async fn wait_for_return<T>(self: &Arc<Self>, other: impl Future<Output = T>) -> Waited<T> {
         let (handoff, handed) = oneshot::channel();
         self.queue(handoff);
+        let mut handed = Handed {
+            pool: self,
+            rx: handed,
+        };
         // One may have come back before this request queued up.
         if let Some(c) = self.checkout().await {
             return Waited::Conn(c);
         }
         tokio::select! {
             biased;
-            tx = handed => {
+            tx = &mut handed.rx => {
                 if let Ok(mut tx) = tx {
                     if tx.ready().await.is_ok() {
                         return Waited::Conn(Conn::H1(tx));
@@ -483,9 +528,11 @@ impl Inner {
         }
     }
 
-    /// Connections open now (upgraded ones included) or being opened.
+    /// Connections that carry requests open now or being opened (upgraded ones aside: with
+    /// as many WebSockets open as the floor, a pool that counted them could neither open a
+    /// connection nor keep one while the runtime is saturated).
     fn open_count(&self) -> usize {
-        usize::try_from(self.open.get()).unwrap_or(0) + self.opening.load(Ordering::Relaxed)
+        self.pooled.load(Ordering::Relaxed) + self.opening.load(Ordering::Relaxed)
     }
 
     fn checkin(self: &Arc<Self>, mut tx: http1::SendRequest<Body>) {
@@ -540,7 +587,7 @@ impl Inner {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Conn, SendError> {
         let io = self.open(&self.connector).await?;
-        let held = Held::new(permit, &self.open);
+        let held = Held::new(permit, &self.open, Some(&self.pooled));
         if io.connected().is_negotiated_h2() {
             let (tx, conn) = self
                 .h2
@@ -548,10 +595,17 @@ impl Inner {
                 .await
                 .map_err(|e| SendError::Connect(Box::new(e)))?;
             spawn_connection(conn, held);
-            if let Ok(mut shared) = self.shared_h2.lock() {
-                if shared.as_ref().is_none_or(|s| s.is_closed()) {
+            let shared = self.shared_h2.lock().is_ok_and(|mut shared| {
+                let vacant = shared.as_ref().is_none_or(|s| s.is_closed());
+                if vacant {
                     *shared = Some(tx.clone());
                 }
+                vacant
+            });
+            if shared {
+                // Requests held back by the growth rule wait for a window with room, which
+                // may not come while the runtime is saturated: this connection carries them.
+                self.growth.wake();
             }
             return Ok(Conn::H2(tx));
         }
@@ -574,7 +628,7 @@ impl Inner {
     async fn connect_h1_for_upgrade(&self) -> Result<http1::SendRequest<Body>, SendError> {
         let io = self.open(&self.upgrade_connector).await?;
         let (tx, conn) = self.handshake_h1(io).await?;
-        spawn_connection(conn.with_upgrades(), Held::new(None, &self.open));
+        spawn_connection(conn.with_upgrades(), Held::new(None, &self.open, None));
         Ok(tx)
     }
 }
@@ -723,4 +777,83 @@ fn absolute(base: &Uri, origin: Uri) -> Uri {
         parts.path_and_query = Some(PathAndQuery::from_static("/"));
     }
     Uri::from_parts(parts).unwrap_or_else(|_| base.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt as _;
+    use tokio::net::TcpListener;
+
+    /// A pool for a listener that accepts connections into its backlog and never reads: enough
+    /// for HTTP/1.1 connections that are open and ready for a request.
+    async fn pool(max_connections: usize) -> (Pool, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = Upstream::parse(&format!("http://{}", listener.local_addr().unwrap()));
+        let pool = Pool::new(
+            &upstream.unwrap(),
+            &ClientSettings {
+                connect_timeout: Duration::from_secs(5),
+                pool_idle_timeout: Duration::from_secs(90),
+                ca_file: None,
+            },
+            PoolLimits {
+                max_idle: 8,
+                max_connections,
+            },
+            IntGauge::new("upstream_connections", "test").unwrap(),
+        )
+        .unwrap();
+        (pool, listener)
+    }
+
+    async fn opened(inner: &Arc<Inner>) -> http1::SendRequest<Body> {
+        match inner.acquire().await {
+            Ok((Conn::H1(tx), false)) => tx,
+            _ => panic!("a new HTTP/1.1 connection"),
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_handed_to_a_request_that_stopped_waiting_goes_back_to_the_pool() {
+        let (pool, _listener) = pool(0).await;
+        let inner = &pool.inner;
+        let tx = opened(inner).await;
+        let mut waiting = Box::pin(inner.wait_for_return(std::future::pending::<()>()));
+        assert!(waiting.as_mut().now_or_never().is_none());
+        inner.checkin(tx);
+        assert_eq!(
+            inner.idle.lock().unwrap().len(),
+            0,
+            "handed to the waiting request"
+        );
+        // It stops waiting before it takes the connection: it got room or a permit to open
+        // one at the same time on another worker, or its app went away.
+        drop(waiting);
+        assert_eq!(
+            inner.idle.lock().unwrap().len(),
+            1,
+            "the connection went back to the pool instead of being closed"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn requests_waiting_for_a_permit_are_not_counted_as_opening_connections() {
+        let (pool, _listener) = pool(1).await;
+        let inner = &pool.inner;
+        let _tx = opened(inner).await;
+        assert_eq!(inner.open_count(), 1);
+        let mut waiting = Box::pin(inner.acquire());
+        assert!(waiting.as_mut().now_or_never().is_none(), "at the limit");
+        assert_eq!(inner.open_count(), 1, "one open, none being opened");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn upgraded_connections_are_not_counted_by_the_growth_rule() {
+        let (pool, _listener) = pool(0).await;
+        let inner = &pool.inner;
+        let _upgrade = inner.connect_h1_for_upgrade().await.unwrap();
+        assert_eq!(inner.open.get(), 1, "in the gauge");
+        assert_eq!(inner.open_count(), 0, "not in what the pool counts");
+    }
 }
