@@ -949,7 +949,11 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
             if args.max_other_cpu is not None:
                 wait_quiet(all_pids, args.max_other_cpu, args.max_wait)
             this_round = {}
-            for kind, p in proxies.items():
+            # Each round starts with the next proxy (A B C, B C A, C A B, ...), so that none
+            # always runs right after a warm-up, a quiet wait or the same neighbour.
+            order = list(proxies.items())
+            shift = (rnd + retries) % len(order)
+            for kind, p in order[shift:] + order[:shift]:
                 time.sleep(0.5)   # let the previous run's connections close, logs flush
                 off = log_size(upstream.tokens_log) if rotator else 0
                 w0 = rotator.n if rotator else 0
@@ -1020,8 +1024,8 @@ def print_variant(name, res):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--duration", type=int, default=10, help="seconds per measured run (default 10)")
-    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--duration", type=int, default=6, help="seconds per measured run (default 6)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--warmup", type=int, default=3, help="warm-up seconds per proxy and variant (default 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from: {','.join(VARIANTS)} (default all)")
