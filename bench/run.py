@@ -697,6 +697,7 @@ class Rotator(threading.Thread):
         self.path, self.interval = Path(path), interval
         self.n = 0
         self.written = []
+        self.log = []   # (monotonic time, token)
         self._stop_evt = threading.Event()
         self.write()
 
@@ -707,7 +708,17 @@ class Rotator(threading.Thread):
         tmp.write_text(tok + "\n")
         os.replace(tmp, self.path)
         self.written.append(tok)
+        self.log.append((time.monotonic(), tok))
         self.current = tok
+
+    def expected(self, start, end, settle=0.2):
+        """Tokens that must reach the upstream from a load running from `start` to `end`
+        (monotonic): the one current at the start, and every one written at least `settle`
+        seconds before the end (the proxy picks a new file up within tens of milliseconds; a
+        token written in the last instant of a run may serve no request)."""
+        before = [tok for t, tok in self.log if t <= start]
+        during = [tok for t, tok in self.log if start < t <= end - settle]
+        return set(before[-1:] + during)
 
     def run(self):
         while not self._stop_evt.wait(self.interval):
@@ -851,7 +862,9 @@ def markdown(info, settings, results):
             out.append("")
             out.append(f"Rotation: {x['tokens_written']} tokens written to the file during the "
                        f"measured runs, {x['distinct_tokens_upstream']} distinct tokens seen by the "
-                       f"upstream, {x['unknown_tokens_upstream']} unexpected.")
+                       f"upstream, {x['unknown_tokens_upstream']} unexpected; of the "
+                       f"{x['tokens_expected']} current at a run's start or written more than "
+                       f"0.2 s before its end, {x['expected_missing']} never reached the upstream.")
     return "\n".join(out) + "\n"
 
 
@@ -957,12 +970,17 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
                 time.sleep(0.5)   # let the previous run's connections close, logs flush
                 off = log_size(upstream.tokens_log) if rotator else 0
                 w0 = rotator.n if rotator else 0
+                t0 = time.monotonic()
                 r = measure(p, variant, args.duration, d, upstream)
+                t1 = time.monotonic()
                 if rotator:
                     time.sleep(0.3)   # let the upstream flush its token log
                     seen, n_up, _ = tokens_seen(upstream.tokens_log, off)
                     written = set(f"Bearer {t}" for t in rotator.written)
+                    expected = set(f"Bearer {t}" for t in rotator.expected(t0, t1))
                     r["rotate"] = dict(tokens_written=rotator.n - w0 + 1,
+                                       tokens_expected=len(expected),
+                                       expected_missing=len(expected - seen),
                                        distinct_tokens_upstream=len(seen),
                                        unknown_tokens_upstream=len(seen - written),
                                        upstream_requests_logged=n_up)
@@ -994,6 +1012,8 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
         if rotator:
             extra["rotate"] = dict(
                 tokens_written=sum(x["tokens_written"] for x in rot_rounds),
+                tokens_expected=sum(x["tokens_expected"] for x in rot_rounds),
+                expected_missing=sum(x["expected_missing"] for x in rot_rounds),
                 distinct_tokens_upstream=sum(x["distinct_tokens_upstream"] for x in rot_rounds),
                 unknown_tokens_upstream=sum(x["unknown_tokens_upstream"] for x in rot_rounds),
             )
@@ -1018,7 +1038,8 @@ def print_variant(name, res):
     if "rotate" in res["extra"]:
         x = res["extra"]["rotate"]
         log(f"  rotation: {x['tokens_written']} tokens written, {x['distinct_tokens_upstream']} "
-            f"seen at the upstream, {x['unknown_tokens_upstream']} unknown")
+            f"seen at the upstream, {x['unknown_tokens_upstream']} unknown, "
+            f"{x['expected_missing']} of {x['tokens_expected']} expected missing")
 
 
 def main():
@@ -1127,6 +1148,9 @@ def main():
             x = res["extra"].get("rotate")
             if x and x["unknown_tokens_upstream"]:
                 problems.append(f"{name}: {x['unknown_tokens_upstream']} unexpected tokens upstream")
+            if x and x["expected_missing"]:
+                problems.append(f"{name}: {x['expected_missing']} tokens written to the file never "
+                                f"reached the upstream (the proxy kept an old token)")
         if problems:
             log("\nPROBLEMS:\n  " + "\n  ".join(problems))
             if any(p.startswith("rotate") for p in problems):
