@@ -15,9 +15,16 @@
 //! ([`tokio::runtime::RuntimeMetrics::worker_total_busy_duration`]). Latencies would not do:
 //! when this process is saturated, every latency it can measure grows with the load, and an
 //! API whose endpoints answer in 50 ms and in 2 s would look congested to a latency gradient.
+//!
+//! Waiting is only worth it while connections come back soon. The runtime's load is the whole
+//! process's: another route's traffic, or long downloads on this one, can saturate it while
+//! this pool's connections are held for seconds, and then a request would wait that long
+//! for one. So a saturated runtime holds a pool back only while its connections turn over
+//! fast, held for less than [`SLOW_HOLD`] on average (by Little's law, the connections busy
+//! times the window's length over the connections that came back in it).
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -38,6 +45,13 @@ const UNSATURATED: f64 = 0.7;
 /// eighth, so that the pool does not overshoot near the point where the runtime saturates.
 const IDLE: f64 = 0.5;
 
+/// How long a pool's connections may be held per request on average for its requests to
+/// wait for one while the runtime is saturated. Beyond, they wait on the upstream (or on long
+/// bodies), not on this process: the pool grows as if the runtime had time to spare, by an
+/// eighth per window. A fast upstream next to a saturated sidecar turns its connections over
+/// in a few milliseconds.
+pub const SLOW_HOLD: Duration = Duration::from_millis(100);
+
 /// Connections a pool may always open, whatever the load (at most its cap). As many as an app
 /// sending 64 requests at once needs, so that such an app never waits for a connection.
 pub const FLOOR: usize = 64;
@@ -55,12 +69,17 @@ pub struct Growth {
     /// pool may grow (a connection came back to it, or its app went away): it keeps the
     /// clock instead, or the others would sleep until a connection comes back to each.
     vacated: Notify,
+    /// Connections that came back since the window started.
+    returned: AtomicUsize,
 }
 
 struct Window {
     started: Instant,
     busy_at_start: Duration,
     saturated: bool,
+    /// Whether the pool's connections were held for [`SLOW_HOLD`] or longer on average in the
+    /// last window: requests would wait long for one to come back.
+    slow: bool,
     /// Connections that may still be opened in this window beyond the floor.
     budget: usize,
     /// Connections that may still be closed in this window to shrink the pool.
@@ -89,12 +108,14 @@ impl Growth {
                 started: Instant::now(),
                 busy_at_start: Duration::ZERO,
                 saturated: false,
+                slow: false,
                 budget: floor,
                 shrink: 0,
             }),
             room: Notify::new(),
             ticking: AtomicBool::new(false),
             vacated: Notify::new(),
+            returned: AtomicUsize::new(0),
         };
         let busy = growth.busy();
         if let Ok(w) = growth.window.get_mut() {
@@ -113,17 +134,23 @@ impl Growth {
             return true;
         };
         self.refresh(&mut w, open, Instant::now());
-        if w.saturated || w.budget == 0 {
+        if !w.may_grow() {
             return false;
         }
         w.budget -= 1;
         true
     }
 
+    /// Counts a connection that came back (or closed) after a request.
+    #[inline]
+    pub fn returned(&self) {
+        self.returned.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether a connection that came back, `open` being open, should be closed rather than
-    /// handed to a waiting request: when the runtime is saturated while requests wait, the
-    /// pool is too large to help, and gives back up to a sixteenth of its connections per
-    /// window.
+    /// handed to a waiting request: when the runtime is saturated while requests wait for
+    /// connections that turn over fast, the pool is too large to help, and gives back up to a
+    /// sixteenth of its connections per window.
     pub fn should_shrink(&self, open: usize) -> bool {
         if open <= self.floor || self.runtime.is_none() {
             return false;
@@ -132,7 +159,7 @@ impl Growth {
             return false;
         };
         self.refresh(&mut w, open, Instant::now());
-        if !w.saturated || w.shrink == 0 {
+        if w.shrink == 0 {
             return false;
         }
         w.shrink -= 1;
@@ -183,7 +210,7 @@ impl Growth {
             let grow = open < self.floor
                 || self.window.lock().is_ok_and(|mut w| {
                     self.refresh(&mut w, open, Instant::now());
-                    !w.saturated && w.budget > 0
+                    w.may_grow()
                 });
             if grow {
                 return ticking.grown();
@@ -209,27 +236,38 @@ impl Growth {
         let workers = self.runtime.as_ref().map_or(1, |r| r.num_workers().max(1));
         let ratio = busy.saturating_sub(w.busy_at_start).as_secs_f64()
             / (elapsed.as_secs_f64() * workers as f64);
+        let returned = self.returned.swap(0, Ordering::Relaxed);
         // (Timers fire late on a saturated runtime: a window of a few times its length is
         // still a measurement.)
         if elapsed >= WINDOW * 10 {
             // Nothing asked for a while (an idle pool): the load now is unknown. Start over
             // as a new pool would, from the floor.
             w.saturated = false;
+            w.slow = false;
             w.budget = self.floor;
         } else {
             w.saturated = ratio >= if w.saturated { UNSATURATED } else { SATURATED };
+            // Held per request: the connections open (all busy while requests wait) times
+            // the window's length, over the requests they carried in it.
+            w.slow =
+                open as f64 * elapsed.as_secs_f64() >= returned as f64 * SLOW_HOLD.as_secs_f64();
             w.budget = if ratio < IDLE {
                 open.max(self.floor)
             } else {
                 (open / 8).max(1)
             };
         }
-        w.shrink = if w.saturated { (open / 16).max(1) } else { 0 };
+        w.shrink = if w.saturated && !w.slow {
+            (open / 16).max(1)
+        } else {
+            0
+        };
         w.started = now;
         w.busy_at_start = busy;
         tracing::trace!(
             busy = ratio,
             saturated = w.saturated,
+            slow = w.slow,
             open,
             "upstream pool window"
         );
@@ -242,6 +280,15 @@ impl Growth {
                 .map(|i| r.worker_total_busy_duration(i))
                 .sum()
         })
+    }
+}
+
+impl Window {
+    /// Whether the pool may open another connection in this window: the runtime has time to
+    /// spare, or the pool's connections are held so long that waiting for one would cost
+    /// more than opening one.
+    fn may_grow(&self) -> bool {
+        (!self.saturated || self.slow) && self.budget > 0
     }
 }
 
@@ -319,10 +366,9 @@ mod tests {
         let g = Growth::new(2);
         assert!(g.may_open(2));
         // Keep this worker running tasks for a few windows: saturated.
-        let end = std::time::Instant::now() + WINDOW * 3;
-        while std::time::Instant::now() < end {}
-        // The runtime accounts for busy time when its worker yields to the I/O driver.
-        tokio::task::yield_now().await;
+        saturate(WINDOW * 3).await;
+        // Connections that turn over fast: a request waits only briefly for one.
+        (0..1000).for_each(|_| g.returned());
         assert!(!g.may_open(3), "saturated");
         assert!(!g.may_open(3), "still saturated within the window");
         // Once it has had idle windows again, the pool may grow.
@@ -334,6 +380,38 @@ mod tests {
             );
             tokio::time::sleep(WINDOW).await;
         }
+    }
+
+    /// Keeps this (current-thread) runtime's worker running a task for `d`.
+    async fn saturate(d: Duration) {
+        let end = std::time::Instant::now() + d;
+        while std::time::Instant::now() < end {}
+        // The runtime accounts for busy time when its worker yields to the I/O driver.
+        tokio::task::yield_now().await;
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_runtime_shrinks_a_pool_whose_connections_turn_over_fast() {
+        let g = Growth::new(2);
+        saturate(WINDOW * 3).await;
+        (0..1000).for_each(|_| g.returned());
+        assert!(!g.may_open(64), "saturated, connections come back often");
+        // A sixteenth of the pool per window.
+        assert!((0..4).all(|_| g.should_shrink(64)));
+        assert!(!g.should_shrink(64));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_runtime_still_grows_a_pool_whose_connections_are_held_long() {
+        let g = Growth::new(2);
+        saturate(WINDOW * 3).await;
+        // 64 connections that carried 10 requests in 30 ms or more: each held for 190 ms or
+        // more (a slow upstream, or long downloads). Waiting for one would take that long.
+        (0..10).for_each(|_| g.returned());
+        assert!(!g.should_shrink(64), "held long: not too many");
+        // Grows by an eighth in a window, as near saturation.
+        assert!((0..8).all(|_| g.may_open(64)));
+        assert!(!g.may_open(64));
     }
 
     #[tokio::test(flavor = "current_thread")]

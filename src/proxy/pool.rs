@@ -698,9 +698,19 @@ impl std::fmt::Debug for PooledBody {
 }
 
 impl PooledBody {
+    /// The response has been read to its end: the connection goes back to the pool.
     fn release(&mut self) {
         if let (Some(tx), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
+            pool.growth.returned();
             pool.checkin(tx);
+        }
+    }
+
+    /// The response failed or was abandoned: the connection closes (the rest of the response
+    /// would still be on the wire), and the exchange is over all the same.
+    fn discard(&mut self) {
+        if let (Some(_), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
+            pool.growth.returned();
         }
     }
 }
@@ -716,7 +726,7 @@ impl http_body::Body for PooledBody {
         let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
         match &polled {
             std::task::Poll::Ready(None) => self.release(),
-            std::task::Poll::Ready(Some(Err(_))) => self.tx = None,
+            std::task::Poll::Ready(Some(Err(_))) => self.discard(),
             _ => {}
         }
         polled
@@ -737,6 +747,8 @@ impl Drop for PooledBody {
         // and never polls an empty one.
         if self.tx.is_some() && self.body.is_end_stream() {
             self.release();
+        } else {
+            self.discard();
         }
     }
 }
