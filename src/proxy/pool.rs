@@ -546,8 +546,9 @@ impl Inner {
                     waiters.pop_front();
                     continue;
                 }
-                // Requests wait while the runtime has no time to spare: this connection
-                // does not help them, dropping it (closing it) makes the pool smaller.
+                // Requests wait while the runtime has no time to spare and connections come
+                // back often: this one does not help them, dropping it (closing it) makes the
+                // pool smaller.
                 if self.growth.should_shrink(self.open_count()) {
                     return;
                 }
