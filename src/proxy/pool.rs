@@ -710,8 +710,10 @@ impl PooledBody {
     /// The response failed or was abandoned: the connection closes (the rest of the response
     /// would still be on the wire), and the exchange is over all the same.
     fn discard(&mut self) {
-        if let (Some(_), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
-            pool.growth.returned();
+        if self.tx.take().is_some() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.growth.returned();
+            }
         }
     }
 }
