@@ -201,10 +201,17 @@ impl Growth {
         mut news: Pin<&mut Notified<'_>>,
     ) {
         loop {
+            // The window's own end, not a fresh WINDOW from now: the clock changes hands
+            // each time its keeper gets a connection that came back, which may be more often
+            // than once a window, and a fresh sleep per keeper would never end.
+            let end = self
+                .window
+                .lock()
+                .map_or_else(|_| Instant::now() + WINDOW, |w| w.started + WINDOW);
             tokio::select! {
                 biased;
                 () = news.as_mut() => return,
-                () = tokio::time::sleep(WINDOW) => {}
+                () = tokio::time::sleep_until(end) => {}
             }
             let open = open();
             let grow = open < self.floor
@@ -478,6 +485,40 @@ mod tests {
             .await
             .expect("the waiting request was told when the pool may grow");
         assert!(g.may_open(2));
+    }
+
+    /// Connections come back every 5 ms, each to the oldest waiting request, the one keeping
+    /// the clock: the others must still hear, within a few windows, that the pool may grow.
+    #[tokio::test(flavor = "current_thread")]
+    async fn waiting_requests_hear_of_room_while_the_clock_changes_hands_often() {
+        use futures_util::FutureExt as _;
+        fn two() -> usize {
+            2
+        }
+        let g = used_up();
+        let mut waiting: std::collections::VecDeque<_> =
+            (0..40).map(|_| Box::pin(g.room(two))).collect();
+        for w in &mut waiting {
+            assert!(w.as_mut().now_or_never().is_none());
+        }
+        // The oldest waits longest: it keeps the clock, and the next oldest takes it over.
+        assert!(g.ticking.load(Ordering::SeqCst));
+        let mut told = false;
+        while !waiting.is_empty() && !told {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            told = waiting
+                .iter_mut()
+                .any(|w| w.as_mut().now_or_never().is_some());
+            // The keeper got a connection that came back; the next one keeps the clock.
+            drop(waiting.pop_front());
+            told |= waiting
+                .iter_mut()
+                .any(|w| w.as_mut().now_or_never().is_some());
+        }
+        assert!(
+            told,
+            "200 ms with room to grow, and no waiting request was told"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
