@@ -317,7 +317,8 @@ impl Pool {
     /// The `Host` header (HTTP/1.1) or `:authority` (HTTP/2) is the upstream's.
     ///
     /// An `upgrade` request (WebSocket) gets a fresh HTTP/1.1 connection of its own that
-    /// is never pooled: after a `101` it belongs to the upgraded stream.
+    /// is never pooled: after a `101` it belongs to the upgraded stream, and after any other
+    /// answer it closes.
     pub fn send(
         &self,
         mut req: Request<Body>,
@@ -349,8 +350,12 @@ impl Pool {
     ) -> Result<Response<Body>, SendError> {
         // Connecting is rare and its future large (it holds the TLS state).
         if upgrade {
-            let tx = Box::pin(self.inner.connect_h1_for_upgrade()).await?;
-            return self.send_h1(tx, req).await.map_err(|(e, _)| e);
+            let mut tx = Box::pin(self.inner.connect_h1_for_upgrade()).await?;
+            req.headers_mut().insert(HOST, self.inner.host.clone());
+            // Not pooled, whatever the answer: a connection opened for an upgrade is outside
+            // the pool's count and limit, and closes with its tunnel or its response.
+            let resp = tx.send_request(req).await.map_err(SendError::Request)?;
+            return Ok(resp.map(Body::Incoming));
         }
         let mut attempts = 0;
         loop {
@@ -861,6 +866,35 @@ mod tests {
         let mut waiting = Box::pin(inner.acquire());
         assert!(waiting.as_mut().now_or_never().is_none(), "at the limit");
         assert_eq!(inner.open_count(), 1, "one open, none being opened");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_whose_upgrade_was_refused_is_not_pooled() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (pool, listener) = pool(0).await;
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            let _ = s.read(&mut buf).await;
+        });
+        let req = Request::get("/ws")
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Body::Empty)
+            .unwrap();
+        let resp = pool.send(req, true).await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let body = resp.into_body();
+        drop(body);
+        assert_eq!(
+            pool.inner.idle.lock().unwrap().len(),
+            0,
+            "a connection outside the pool's count stays out of it"
+        );
     }
 
     #[tokio::test(flavor = "current_thread")]
