@@ -21,10 +21,16 @@
 //! this pool's connections are held for seconds, and then a request would wait that long
 //! for one. So a saturated runtime holds a pool back only while its connections turn over
 //! fast, held for less than [`SLOW_HOLD`] on average (by Little's law, the connections busy
-//! times the window's length over the connections that came back in it).
+//! times the window's length over the connections that came back in it). Nor while requests
+//! queue for [`SLOW_WAIT`] or longer for connections held a while (an upstream that answers in
+//! 50 ms next to another route that saturates the runtime): with a fixed number of connections
+//! such a pool carries a fixed request rate, and more demand only makes the queue longer.
+//! Connections that turn over in under [`BUSY_HOLD`] are the mark of a runtime that is itself
+//! the bottleneck, where a long queue comes from the load and more connections would not
+//! shorten it.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -52,6 +58,16 @@ const IDLE: f64 = 0.5;
 /// in a few milliseconds.
 pub const SLOW_HOLD: Duration = Duration::from_millis(100);
 
+/// How long a request may wait for a connection to come back while the runtime is saturated,
+/// if the pool's connections are held for [`BUSY_HOLD`] or longer per request: beyond it the
+/// pool grows as for [`SLOW_HOLD`].
+pub const SLOW_WAIT: Duration = Duration::from_millis(100);
+
+/// Connections held for less than this per request on average turn over at the pace of a
+/// saturated runtime (64 connections at 6,400 requests a second or more): requests that wait
+/// long for one wait on this process, and more connections would not help them.
+pub const BUSY_HOLD: Duration = Duration::from_millis(10);
+
 /// Connections a pool may always open, whatever the load (at most its cap). As many as an app
 /// sending 64 requests at once needs, so that such an app never waits for a connection.
 pub const FLOOR: usize = 64;
@@ -71,14 +87,18 @@ pub struct Growth {
     vacated: Notify,
     /// Connections that came back since the window started.
     returned: AtomicUsize,
+    /// The longest a request waited for a connection that came back to it since the window
+    /// started, in microseconds.
+    waited: AtomicU64,
 }
 
 struct Window {
     started: Instant,
     busy_at_start: Duration,
     saturated: bool,
-    /// Whether the pool's connections were held for [`SLOW_HOLD`] or longer on average in the
-    /// last window: requests would wait long for one to come back.
+    /// Whether requests would wait long for a connection to come back, as seen in the last
+    /// window: the pool's connections were held for [`SLOW_HOLD`] or longer on average, or
+    /// for [`BUSY_HOLD`] or longer while a request waited [`SLOW_WAIT`] or longer for one.
     slow: bool,
     /// Connections that may still be opened in this window beyond the floor.
     budget: usize,
@@ -116,6 +136,7 @@ impl Growth {
             ticking: AtomicBool::new(false),
             vacated: Notify::new(),
             returned: AtomicUsize::new(0),
+            waited: AtomicU64::new(0),
         };
         let busy = growth.busy();
         if let Ok(w) = growth.window.get_mut() {
@@ -145,6 +166,18 @@ impl Growth {
     #[inline]
     pub fn returned(&self) {
         self.returned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts how long a request waited for the connection that came back to it.
+    pub fn waited(&self, waited: Duration) {
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.waited.fetch_max(micros, Ordering::Relaxed);
+    }
+
+    /// The longest wait counted by [`Growth::waited`] in this window.
+    #[cfg(test)]
+    pub(super) fn longest_wait(&self) -> Duration {
+        Duration::from_micros(self.waited.load(Ordering::Relaxed))
     }
 
     /// Whether a connection that came back, `open` being open, should be closed rather than
@@ -244,6 +277,7 @@ impl Growth {
         let ratio = busy.saturating_sub(w.busy_at_start).as_secs_f64()
             / (elapsed.as_secs_f64() * workers as f64);
         let returned = self.returned.swap(0, Ordering::Relaxed);
+        let waited = Duration::from_micros(self.waited.swap(0, Ordering::Relaxed));
         // (Timers fire late on a saturated runtime: a window of a few times its length is
         // still a measurement.)
         if elapsed >= WINDOW * 10 {
@@ -256,8 +290,9 @@ impl Growth {
             w.saturated = ratio >= if w.saturated { UNSATURATED } else { SATURATED };
             // Held per request: the connections open (all busy while requests wait) times
             // the window's length, over the requests they carried in it.
-            w.slow =
-                open as f64 * elapsed.as_secs_f64() >= returned as f64 * SLOW_HOLD.as_secs_f64();
+            let held = open as f64 * elapsed.as_secs_f64();
+            let held_at_least = |d: Duration| held >= returned as f64 * d.as_secs_f64();
+            w.slow = held_at_least(SLOW_HOLD) || (waited >= SLOW_WAIT && held_at_least(BUSY_HOLD));
             w.budget = if ratio < IDLE {
                 open.max(self.floor)
             } else {
@@ -275,6 +310,7 @@ impl Growth {
             busy = ratio,
             saturated = w.saturated,
             slow = w.slow,
+            waited_ms = waited.as_millis(),
             open,
             "upstream pool window"
         );
@@ -401,7 +437,10 @@ mod tests {
     async fn a_busy_runtime_shrinks_a_pool_whose_connections_turn_over_fast() {
         let g = Growth::new(2);
         saturate(WINDOW * 3).await;
+        // 64 connections that carried 1,000 requests in 30 to 100 ms: each held for 6.4 ms or
+        // less. Requests wait long for them, but on this process: more would not help.
         (0..1000).for_each(|_| g.returned());
+        g.waited(Duration::from_secs(1));
         assert!(!g.may_open(64), "saturated, connections come back often");
         // A sixteenth of the pool per window.
         assert!((0..4).all(|_| g.should_shrink(64)));
@@ -417,6 +456,28 @@ mod tests {
         (0..10).for_each(|_| g.returned());
         assert!(!g.should_shrink(64), "held long: not too many");
         // Grows by an eighth in a window, as near saturation.
+        assert!((0..8).all(|_| g.may_open(64)));
+        assert!(!g.may_open(64));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_busy_runtime_grows_a_pool_whose_requests_queue_long_for_connections_held_a_while() {
+        // 64 connections that carried 64 requests in 30 to 100 ms: each held for 30 to 100 ms
+        // (an upstream that answers in 50 ms, while another route saturates the runtime).
+        let held_a_while = || async {
+            let g = Growth::new(2);
+            saturate(WINDOW * 3).await;
+            (0..64).for_each(|_| g.returned());
+            g
+        };
+        // Requests do not wait long: the pool keeps its size.
+        let g = held_a_while().await;
+        g.waited(SLOW_WAIT / 2);
+        assert!(!g.may_open(64), "a short queue");
+        // They do: the pool grows by an eighth per window, and does not shrink.
+        let g = held_a_while().await;
+        g.waited(SLOW_WAIT);
+        assert!(!g.should_shrink(64), "a long queue: not too many");
         assert!((0..8).all(|_| g.may_open(64)));
         assert!(!g.may_open(64));
     }

@@ -93,7 +93,7 @@ struct Inner {
     /// Requests waiting for a connection (at the limit, or held back by [`Growth`]), oldest
     /// first: a connection that comes back goes to them before the idle stack, so that
     /// newcomers cannot overtake them.
-    waiters: Mutex<VecDeque<oneshot::Sender<http1::SendRequest<Body>>>>,
+    waiters: Mutex<VecDeque<Waiter>>,
     /// Whether a request that finds no idle connection may open one.
     growth: Growth,
     /// Connections being opened: requests that may open one, hold a permit for it if there
@@ -171,6 +171,12 @@ impl Drop for Held {
 
 struct Idle {
     tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// A request waiting for a connection to come back, in [`Inner::waiters`].
+struct Waiter {
+    handoff: oneshot::Sender<http1::SendRequest<Body>>,
     since: Instant,
 }
 
@@ -504,9 +510,12 @@ impl Inner {
             // Requests that got room for a new connection instead leave their entry behind;
             // swept now and then.
             if waiters.len() >= 64 && waiters.len().is_power_of_two() {
-                waiters.retain(|w| !w.is_closed());
+                waiters.retain(|w| !w.handoff.is_closed());
             }
-            waiters.push_back(handoff);
+            waiters.push_back(Waiter {
+                handoff,
+                since: Instant::now(),
+            });
         }
     }
 
@@ -547,7 +556,7 @@ impl Inner {
         if let Ok(mut waiters) = self.waiters.lock() {
             while let Some(w) = waiters.front() {
                 // That request has gone (or got a new connection).
-                if w.is_closed() {
+                if w.handoff.is_closed() {
                     waiters.pop_front();
                     continue;
                 }
@@ -558,8 +567,11 @@ impl Inner {
                     return;
                 }
                 let Some(w) = waiters.pop_front() else { break };
-                match w.send(tx) {
-                    Ok(()) => return,
+                match w.handoff.send(tx) {
+                    Ok(()) => {
+                        self.growth.waited(w.since.elapsed());
+                        return;
+                    }
                     Err(back) => tx = back,
                 }
             }
@@ -854,6 +866,23 @@ mod tests {
             inner.idle.lock().unwrap().len(),
             1,
             "the connection went back to the pool instead of being closed"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_connection_that_comes_back_to_a_waiting_request_tells_how_long_it_waited() {
+        let (pool, _listener) = pool(0).await;
+        let inner = &pool.inner;
+        let tx = opened(inner).await;
+        let mut waiting = Box::pin(inner.wait_for_return(std::future::pending::<()>()));
+        assert!(waiting.as_mut().now_or_never().is_none());
+        let wait = Duration::from_millis(20);
+        tokio::time::sleep(wait).await;
+        inner.checkin(tx);
+        assert!(
+            inner.growth.longest_wait() >= wait,
+            "counted {:?}",
+            inner.growth.longest_wait()
         );
     }
 
