@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Side-by-side benchmark: token-sidecar vs nginx vs HAProxy, each with ONE worker.
 
-    python3 bench/run.py                      # defaults: every variant, 3 rounds of 10 s
+    python3 bench/run.py                      # defaults: every variant, 5 rounds of 6 s
     python3 bench/run.py --quick              # smoke test, well under 2 minutes
     python3 bench/run.py --variants get,h2 --rounds 5 --duration 15
 
@@ -819,13 +819,28 @@ def ratios(res):
     for other in (HAPROXY, NGINX):
         if other in p:
             o = p[other]["summary"]
+            # Round i of each proxy ran back to back with the others' round i: the ratio within
+            # a round is free of the machine's drift between rounds.
+            paired = [a["rps"] / b["rps"] for a, b in zip(p[SIDECAR]["rounds"], p[other]["rounds"])
+                      if b["rps"]]
             out[f"sidecar/{other}"] = dict(
                 rps=s["rps"] / o["rps"] if o["rps"] else float("nan"),
+                rps_rounds=paired,
                 p99=s["p99_ms"] / o["p99_ms"] if o["p99_ms"] else float("nan"),
                 cpu_per_req=(s["cpu_us_per_req"] / o["cpu_us_per_req"]
                              if o["cpu_us_per_req"] else float("nan")),
             )
     return out
+
+
+def per_round(ratio, times):
+    """The req/s ratio round by round: its range, and in how many rounds token-sidecar was ahead."""
+    rounds = ratio.get("rps_rounds") or []
+    if not rounds:
+        return "no paired rounds"
+    ahead = sum(1 for r in rounds if r > 1)
+    return (f"per round {times}{min(rounds):.2f}-{max(rounds):.2f}, "
+            f"ahead in {ahead} of {len(rounds)}")
 
 
 def markdown(info, settings, results):
@@ -851,8 +866,9 @@ def markdown(info, settings, results):
                        f"| {fmt(s['peak_rss_mib'], 1)} | {fmt(pr.get('idle_rss_mib'), 1)} | {s['errors']} |")
         if res["ratios"]:
             out.append("")
-            out.append("; ".join(f"{k}: req/s ×{v['rps']:.2f}, p99 ×{v['p99']:.2f}, "
-                                 f"CPU/req ×{v['cpu_per_req']:.2f}" for k, v in res["ratios"].items()))
+            out.append("; ".join(f"{k}: req/s ×{v['rps']:.2f} ({per_round(v, '×')}), "
+                                 f"p99 ×{v['p99']:.2f}, CPU/req ×{v['cpu_per_req']:.2f}"
+                                 for k, v in res["ratios"].items()))
         busiest = max(pr["summary"]["other_cpu_pct_max"] for pr in res["proxies"].values())
         out.append("")
         out.append(f"Processes outside the benchmark used at most {busiest:.0f}% of a core during "
@@ -1034,7 +1050,8 @@ def print_variant(name, res):
     log(f"\n--- {name}: {res['desc']}")
     log(table(name, res))
     for k, v in res["ratios"].items():
-        log(f"  {k}: req/s x{v['rps']:.2f}, p99 x{v['p99']:.2f}, CPU/req x{v['cpu_per_req']:.2f}")
+        log(f"  {k}: req/s x{v['rps']:.2f} ({per_round(v, 'x')}), p99 x{v['p99']:.2f}, "
+            f"CPU/req x{v['cpu_per_req']:.2f}")
     if "rotate" in res["extra"]:
         x = res["extra"]["rotate"]
         log(f"  rotation: {x['tokens_written']} tokens written, {x['distinct_tokens_upstream']} "
