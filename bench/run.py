@@ -670,10 +670,14 @@ def measure(proxy, variant, duration, d, upstream):
     b0, o0, w0, st0 = busy_ticks(), own_ticks(all_pids), time.monotonic(), steal_ticks()
     sampler.start()
     try:
+        load_start = time.monotonic()
         if variant["tool"] == "h2load":
             r = run_h2load(proxy.url, variant, duration, d)
         else:
             r = run_wrk(proxy.url, variant, duration, d)
+        # When the load tool was started and when it had exited (`rotate` counts the tokens
+        # current within this window).
+        r["load_start"], r["load_end"] = load_start, time.monotonic()
     finally:
         peak = sampler.stop()
     cpu_s = (cpu_ticks(pids) - t0) / CLK_TCK
@@ -713,12 +717,16 @@ class Rotator(threading.Thread):
 
     def expected(self, start, end, settle=0.2):
         """Tokens that must reach the upstream from a load running from `start` to `end`
-        (monotonic): the one current at the start, and every one written at least `settle`
-        seconds before the end (the proxy picks a new file up within tens of milliseconds; a
-        token written in the last instant of a run may serve no request)."""
-        before = [tok for t, tok in self.log if t <= start]
-        during = [tok for t, tok in self.log if start < t <= end - settle]
-        return set(before[-1:] + during)
+        (monotonic), each with the time it was written: every one that was current for at
+        least `settle` seconds of the load (the proxy picks a new file up within tens of
+        milliseconds; a token replaced in the first instant of a run, or written in its last,
+        may serve no request)."""
+        out = {}
+        for i, (t, tok) in enumerate(self.log):
+            replaced = self.log[i + 1][0] if i + 1 < len(self.log) else float("inf")
+            if min(replaced, end) - max(t, start) >= settle:
+                out[tok] = t
+        return out
 
     def run(self):
         while not self._stop_evt.wait(self.interval):
@@ -879,8 +887,8 @@ def markdown(info, settings, results):
             out.append(f"Rotation: {x['tokens_written']} tokens written to the file during the "
                        f"measured runs, {x['distinct_tokens_upstream']} distinct tokens seen by the "
                        f"upstream, {x['unknown_tokens_upstream']} unexpected; of the "
-                       f"{x['tokens_expected']} current at a run's start or written more than "
-                       f"0.2 s before its end, {x['expected_missing']} never reached the upstream.")
+                       f"{x['tokens_expected']} current for at least 0.2 s of a run's load, "
+                       f"{x['expected_missing']} never reached the upstream.")
     return "\n".join(out) + "\n"
 
 
@@ -986,14 +994,18 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
                 time.sleep(0.5)   # let the previous run's connections close, logs flush
                 off = log_size(upstream.tokens_log) if rotator else 0
                 w0 = rotator.n if rotator else 0
-                t0 = time.monotonic()
                 r = measure(p, variant, args.duration, d, upstream)
-                t1 = time.monotonic()
                 if rotator:
                     time.sleep(0.3)   # let the upstream flush its token log
                     seen, n_up, _ = tokens_seen(upstream.tokens_log, off)
                     written = set(f"Bearer {t}" for t in rotator.written)
-                    expected = set(f"Bearer {t}" for t in rotator.expected(t0, t1))
+                    t0, t1 = r["load_start"], r["load_end"]
+                    want = rotator.expected(t0, t1)
+                    expected = set(f"Bearer {t}" for t in want)
+                    for tok, t in sorted(want.items(), key=lambda x: x[1]):
+                        if f"Bearer {tok}" not in seen:
+                            log(f"  {tok} never reached the upstream: written {t - t0:+.3f} s "
+                                f"from the load's start, {t1 - t:.3f} s before its end")
                     r["rotate"] = dict(tokens_written=rotator.n - w0 + 1,
                                        tokens_expected=len(expected),
                                        expected_missing=len(expected - seen),
