@@ -35,6 +35,10 @@ cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
 echo "== Kubernetes manifests and Helm chart"
 ./scripts/k8s-validate.sh
 
+# The benchmark harness's own logic (the benchmark itself is `python3 bench/run.py`).
+echo "== benchmark harness"
+python3 -m unittest discover -s bench -p 'test_*.py'
+
 # The long runs, shortened: fuzzing (default 60 s per target) and the soak (default 300 s).
 echo "== fuzzing, ${FUZZ_SECONDS:-15} s per target"
 ./scripts/fuzz.sh "${FUZZ_SECONDS:-15}"
