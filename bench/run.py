@@ -10,9 +10,11 @@ Authorization header; HTTP and HTTPS with a CA made at run time), then the three
 the same job (inject `Authorization: Bearer abc`, forward with upstream keep-alive). It checks
 that each one injects the header, then measures them interleaved (A B C A B C ...) after a
 warm-up, with wrk (HTTP/1.1) and h2load (h2c from the app). Per run it records req/s, latency
-p50/p99/p99.9, the proxy's CPU time per request (utime+stime of the proxy's processes) and its
-peak RSS (VmRSS sampled every 100 ms). Prints a table per variant with the ratios, and writes
-bench/results/latest.json. Method and results: docs/benchmarks.md.
+p50/p99/p99.9, the proxy's CPU time per request (utime+stime of the proxy's processes, and the
+two apart) and its peak RSS (VmRSS sampled every 100 ms). Prints a table per variant with the
+ratios, and a verdict per variant and proxy: token-sidecar ahead, behind or level, from the 95 %
+confidence interval of the req/s ratios of paired rounds. Writes bench/results/latest.json and
+latest.md. Method and results: docs/benchmarks.md.
 
 The token-sidecar binary is $SIDECAR_BIN, or else `cargo build --release` is run and
 target/release/token-sidecar used. Missing tools are installed with apt-get (root or sudo).
@@ -217,16 +219,22 @@ def descendants(pid):
     return out
 
 
-def cpu_ticks(pids):
-    total = 0
+def cpu_split(pids):
+    """User and kernel CPU ticks of `pids` (utime, stime: fields 14 and 15 of /proc/PID/stat)."""
+    user = system = 0
     for pid in pids:
         try:
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
         f = stat[stat.rindex(")") + 2:].split()
-        total += int(f[11]) + int(f[12])   # utime, stime (fields 14, 15)
-    return total
+        user += int(f[11])
+        system += int(f[12])
+    return user, system
+
+
+def cpu_ticks(pids):
+    return sum(cpu_split(pids))
 
 
 def rss_kib(pids):
@@ -666,7 +674,7 @@ def measure(proxy, variant, duration, d, upstream):
     pids = proxy.pids()
     all_pids = sorted(set(pids) | set(upstream.server.pids()))
     sampler = RssSampler(pids)
-    t0 = cpu_ticks(pids)
+    u0, s0 = cpu_split(pids)
     b0, o0, w0, st0 = busy_ticks(), own_ticks(all_pids), time.monotonic(), steal_ticks()
     sampler.start()
     try:
@@ -680,10 +688,16 @@ def measure(proxy, variant, duration, d, upstream):
         r["load_start"], r["load_end"] = load_start, time.monotonic()
     finally:
         peak = sampler.stop()
-    cpu_s = (cpu_ticks(pids) - t0) / CLK_TCK
+    u1, s1 = cpu_split(pids)
+    user_s, sys_s = (u1 - u0) / CLK_TCK, (s1 - s0) / CLK_TCK
+    cpu_s = user_s + sys_s
     other = max(0.0, (busy_ticks() - b0) - (own_ticks(all_pids) - o0))
     r["cpu_s"] = cpu_s
-    r["cpu_us_per_req"] = cpu_s * 1e6 / r["requests"] if r["requests"] else float("nan")
+    per_req = lambda secs: secs * 1e6 / r["requests"] if r["requests"] else float("nan")
+    r["cpu_us_per_req"] = per_req(cpu_s)
+    # Split in two: the kernel's share (system calls, the loopback TCP stack) is much the same
+    # for every proxy, the user share is each proxy's own code.
+    r["user_us_per_req"], r["sys_us_per_req"] = per_req(user_s), per_req(sys_s)
     r["peak_rss_mib"] = peak / 1024
     r["other_cpu_pct"] = other / CLK_TCK / (time.monotonic() - w0) * 100
     r["steal_pct"] = (steal_ticks() - st0) / CLK_TCK / (time.monotonic() - w0) * 100
@@ -788,6 +802,8 @@ def summarize(rounds):
         p99_ms=median([r["p99_ms"] for r in rounds]),
         p999_ms=median([r["p999_ms"] for r in rounds]),
         cpu_us_per_req=median([r["cpu_us_per_req"] for r in rounds]),
+        user_us_per_req=median([r.get("user_us_per_req", float("nan")) for r in rounds]),
+        sys_us_per_req=median([r.get("sys_us_per_req", float("nan")) for r in rounds]),
         peak_rss_mib=max(r["peak_rss_mib"] for r in rounds),
         requests=sum(r["requests"] for r in rounds),
         errors=sum(r["errors"] for r in rounds),
@@ -803,13 +819,14 @@ def fmt(v, nd=2):
 
 def table(variant_name, res):
     cols = ["proxy", "req/s", "spread", "p50 ms", "p99 ms", "p99.9 ms", "CPU us/req",
-            "peak RSS MiB", "idle RSS MiB", "errors", "other CPU"]
+            "user", "sys", "peak RSS MiB", "idle RSS MiB", "errors", "other CPU"]
     rows = []
     for kind, pr in res["proxies"].items():
         s = pr["summary"]
         spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 100 if s["rps"] else float("nan")
         rows.append([kind, fmt(s["rps"], 0), f"±{spread / 2:.1f}%", fmt(s["p50_ms"], 3),
                      fmt(s["p99_ms"], 3), fmt(s["p999_ms"], 3), fmt(s["cpu_us_per_req"], 1),
+                     fmt(s.get("user_us_per_req"), 1), fmt(s.get("sys_us_per_req"), 1),
                      fmt(s["peak_rss_mib"], 1), fmt(pr.get("idle_rss_mib"), 1), str(s["errors"]),
                      f"{s['other_cpu_pct_max']:.0f}%"])
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -838,17 +855,66 @@ def ratios(res):
                 cpu_per_req=(s["cpu_us_per_req"] / o["cpu_us_per_req"]
                              if o["cpu_us_per_req"] else float("nan")),
             )
+            verdict = paired_verdict(paired)
+            if verdict:
+                out[f"sidecar/{other}"]["rps_paired"] = verdict
     return out
 
 
+# Two-sided 95 % quantiles of Student's t distribution, by degrees of freedom (1-30); beyond,
+# the normal distribution's 1.96 is within 2 %.
+T95 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+       2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+       2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+def paired_verdict(ratios):
+    """From the per-round req/s ratios (token-sidecar / other, each round's pair measured back to
+    back): their geometric mean, its 95 % confidence interval (Student's t on the logs, which
+    treats a round at x0.5 and one at x2 alike) and the verdict it supports: "ahead" or
+    "behind" when the interval excludes 1, "level" when it does not. None with fewer than 2
+    rounds, where there is no spread to judge by."""
+    logs = [math.log(r) for r in ratios if r > 0]
+    n = len(logs)
+    if n < 2:
+        return None
+    mean = statistics.fmean(logs)
+    half = (T95[n - 2] if n - 1 <= len(T95) else 1.96) * statistics.stdev(logs) / math.sqrt(n)
+    lo, hi = math.exp(mean - half), math.exp(mean + half)
+    verdict = "ahead" if lo > 1 else "behind" if hi < 1 else "level"
+    return dict(mean=math.exp(mean), lo=lo, hi=hi, verdict=verdict)
+
+
 def per_round(ratio, times):
-    """The req/s ratio round by round: its range, and in how many rounds token-sidecar was ahead."""
+    """The req/s ratio round by round: its range, in how many rounds token-sidecar was ahead, and
+    what the rounds together say (`paired_verdict`)."""
     rounds = ratio.get("rps_rounds") or []
     if not rounds:
         return "no paired rounds"
     ahead = sum(1 for r in rounds if r > 1)
-    return (f"per round {times}{min(rounds):.2f}-{max(rounds):.2f}, "
-            f"ahead in {ahead} of {len(rounds)}")
+    out = (f"per round {times}{min(rounds):.2f}-{max(rounds):.2f}, "
+           f"ahead in {ahead} of {len(rounds)}")
+    v = ratio.get("rps_paired")
+    if v:
+        out += (f"; mean {times}{v['mean']:.2f}, 95% CI {times}{v['lo']:.2f}-{v['hi']:.2f}: "
+                f"{v['verdict']}")
+    return out
+
+
+def verdicts(results):
+    """One line per variant: token-sidecar against each proxy, as the paired rounds judge it."""
+    lines = []
+    for name, res in results.items():
+        parts = []
+        for k, v in res.get("ratios", {}).items():
+            p = v.get("rps_paired")
+            other = k.split("/", 1)[1]
+            word = {"ahead": "ahead of", "behind": "behind", "level": "level with"}
+            parts.append(f"{word[p['verdict']]} {other} (x{p['lo']:.2f}-{p['hi']:.2f})"
+                         if p else f"{other}: too few rounds to judge")
+        if parts:
+            lines.append(f"{name:16s} " + "; ".join(parts))
+    return lines
 
 
 def markdown(info, settings, results):
@@ -864,13 +930,14 @@ def markdown(info, settings, results):
                f"{info['wrk'].split(' Copyright')[0]}, {info['h2load']}.")
     for name, res in results.items():
         out += ["", f"#### `{name}`: {res['desc']}", "",
-                "| proxy | req/s | spread | p50 ms | p99 ms | p99.9 ms | CPU µs/req | peak RSS MiB | idle RSS MiB | errors |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| proxy | req/s | spread | p50 ms | p99 ms | p99.9 ms | CPU µs/req | user | sys | peak RSS MiB | idle RSS MiB | errors |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for kind, pr in res["proxies"].items():
             s = pr["summary"]
             spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 50 if s["rps"] else float("nan")
             out.append(f"| {kind} | {fmt(s['rps'], 0)} | ±{spread:.0f}% | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
                        f"| {fmt(s['p999_ms'], 2)} | {fmt(s['cpu_us_per_req'], 1)} "
+                       f"| {fmt(s.get('user_us_per_req'), 1)} | {fmt(s.get('sys_us_per_req'), 1)} "
                        f"| {fmt(s['peak_rss_mib'], 1)} | {fmt(pr.get('idle_rss_mib'), 1)} | {s['errors']} |")
         if res["ratios"]:
             out.append("")
@@ -889,6 +956,10 @@ def markdown(info, settings, results):
                        f"upstream, {x['unknown_tokens_upstream']} unexpected; of the "
                        f"{x['tokens_expected']} current for at least 0.2 s of a run's load, "
                        f"{x['expected_missing']} never reached the upstream.")
+    v = verdicts(results)
+    if v:
+        out += ["", "Verdicts (req/s, the 95 % confidence interval of the paired per-round ratio):",
+                "", "```", *v, "```"]
     return "\n".join(out) + "\n"
 
 
@@ -1014,7 +1085,8 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
                                        upstream_requests_logged=n_up)
                 this_round[kind] = r
                 log(f"  round {rnd + 1}/{args.rounds} {kind:16s} {r['rps']:>10,.0f} req/s  "
-                    f"p99 {r['p99_ms']:7.3f} ms  cpu {r['cpu_us_per_req']:6.1f} us/req  "
+                    f"p99 {r['p99_ms']:7.3f} ms  cpu {r['cpu_us_per_req']:6.1f} us/req "
+                    f"({r['user_us_per_req']:.1f} user)  "
                     f"rss {r['peak_rss_mib']:6.1f} MiB  errors {r['errors']}  "
                     f"other {r['other_cpu_pct']:3.0f}%"
                     + (f"  steal {r['steal_pct']:.0f}%" if r["steal_pct"] >= 1 else "")
@@ -1157,6 +1229,11 @@ def main():
         log("\n================ summary (medians over rounds) ================")
         for name, res in results.items():
             print_variant(name, res)
+        v = verdicts(results)
+        if v:
+            log("\nverdicts, req/s (95% confidence interval of the paired per-round ratio):")
+            for line in v:
+                log(f"  {line}")
         idle = [res["proxies"][SIDECAR]["idle_rss_mib"] for res in results.values()
                 if SIDECAR in res["proxies"] and res["proxies"][SIDECAR].get("idle_rss_mib")]
         if idle:

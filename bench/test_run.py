@@ -55,7 +55,8 @@ class PerRoundRatios(unittest.TestCase):
 
     def test_the_range_and_the_rounds_ahead(self):
         r = run.ratios(variant([110, 90, 100], [100, 100, 50]))[f"sidecar/{run.HAPROXY}"]
-        self.assertEqual(run.per_round(r, "x"), "per round x0.90-2.00, ahead in 2 of 3")
+        self.assertEqual(run.per_round(r, "x"), "per round x0.90-2.00, ahead in 2 of 3; "
+                                                "mean x1.26, 95% CI x0.45-3.52: level")
 
     def test_a_level_round_is_not_ahead(self):
         r = run.ratios(variant([100], [100]))[f"sidecar/{run.HAPROXY}"]
@@ -63,6 +64,43 @@ class PerRoundRatios(unittest.TestCase):
 
     def test_no_rounds(self):
         self.assertEqual(run.per_round({"rps": 1.0}, "x"), "no paired rounds")
+
+
+class PairedVerdict(unittest.TestCase):
+    def test_consistently_ahead(self):
+        v = run.paired_verdict([1.10, 1.12, 1.08, 1.11, 1.09])
+        self.assertEqual(v["verdict"], "ahead")
+        self.assertGreater(v["lo"], 1)
+        self.assertAlmostEqual(v["mean"], 1.10, places=2)
+
+    def test_consistently_behind(self):
+        self.assertEqual(run.paired_verdict([0.90, 0.92, 0.88, 0.91, 0.89])["verdict"], "behind")
+
+    def test_ahead_in_most_rounds_but_spread_wide_is_level(self):
+        v = run.paired_verdict([1.20, 1.15, 0.80, 1.10, 0.85])
+        self.assertEqual(v["verdict"], "level")
+        self.assertLess(v["lo"], 1)
+        self.assertGreater(v["hi"], 1)
+
+    def test_the_interval_is_symmetric_in_the_logs(self):
+        v = run.paired_verdict([0.5, 2.0])
+        self.assertAlmostEqual(v["mean"], 1.0)
+        self.assertAlmostEqual(v["lo"] * v["hi"], 1.0)
+        # Two rounds: t = 12.706 with 1 degree of freedom, so the interval is wide.
+        self.assertLess(v["lo"], 0.01)
+
+    def test_one_round_cannot_be_judged(self):
+        self.assertIsNone(run.paired_verdict([1.5]))
+        self.assertIsNone(run.paired_verdict([]))
+
+    def test_the_verdict_is_printed_with_the_rounds(self):
+        r = run.ratios(variant([110, 112, 108], [100, 100, 100]))[f"sidecar/{run.HAPROXY}"]
+        self.assertRegex(run.per_round(r, "x"),
+                         r"^per round x1.08-1.12, ahead in 3 of 3; mean x1.10, "
+                         r"95% CI x1.0\d-1.1\d: ahead$")
+        self.assertEqual(run.verdicts({"get": dict(ratios={f"sidecar/{run.HAPROXY}": r})}),
+                         [f"get              ahead of {run.HAPROXY} (x{r['rps_paired']['lo']:.2f}-"
+                          f"{r['rps_paired']['hi']:.2f})"])
 
 
 if __name__ == "__main__":
