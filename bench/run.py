@@ -64,6 +64,9 @@ TOOLS = {
 VARIANTS = {
     "get": dict(desc="keep-alive GET, small response (wrk -t2 -c64)",
                 tool="wrk", threads=2, conns=64, body=0, path="/", direct_baseline=True),
+    "c1": dict(desc="one request at a time on one keep-alive connection (wrk -t1 -c1): the "
+                    "latency a proxy adds when the machine is not saturated",
+               tool="wrk", threads=1, conns=1, body=0, path="/", direct_baseline=True),
     "post-1k": dict(desc="keep-alive POST, 1 KiB body (wrk -t2 -c64)",
                     tool="wrk", threads=2, conns=64, body=1024, path="/post"),
     "post-1m": dict(desc="keep-alive POST, 1 MiB body (wrk -t2 -c8)",
