@@ -367,6 +367,28 @@ def sidecar_binary():
     return str(src)
 
 
+def newer_sources(binary, repo=REPO):
+    """The sources of token-sidecar in `repo` changed after `binary` was written, newest first:
+    a binary given in $SIDECAR_BIN that is older than them may not be the tree's build (built
+    before an edit, or from an experiment whose edit was reverted)."""
+    try:
+        built = os.path.getmtime(binary)
+    except OSError:
+        return []
+    repo = Path(repo)
+    candidates = list((repo / "src").rglob("*.rs")) + [
+        repo / "Cargo.toml", repo / "Cargo.lock", repo / "build.rs", repo / ".cargo" / "config.toml"]
+    newer = []
+    for f in candidates:
+        try:
+            t = f.stat().st_mtime
+        except OSError:
+            continue
+        if t > built:
+            newer.append((t, str(f.relative_to(repo))))
+    return [name for _, name in sorted(newer, reverse=True)]
+
+
 def copy_binary(src, workdir):
     # Not named token-sidecar: a `pkill -f token-sidecar` elsewhere must not stop the benchmark.
     dst = Path(workdir) / "sidecar-under-test"
@@ -924,7 +946,9 @@ def markdown(info, settings, results):
     """The results as Markdown tables (bench/results/latest.md), for docs/benchmarks.md."""
     out = [f"Run {info['date']}: `{info['token_sidecar']}` (binary built "
            f"{info.get('token_sidecar_built', '?')}, sha256 {info.get('token_sidecar_sha256', '?')}…; "
-           f"tree {info['git']}), "
+           f"tree {info['git']}"
+           + (f"; OLDER THAN THE TREE'S SOURCES: {', '.join(info['token_sidecar_older_than'][:5])}"
+              if info.get("token_sidecar_older_than") else "") + "), "
            f"{settings['rounds']} round(s) x {settings['duration']} s after a {settings['warmup']} s "
            f"warm-up; load average {info['loadavg_start']} at the start, "
            f"{info.get('loadavg_end', '?')} at the end.", ""]
@@ -1209,6 +1233,12 @@ def main():
                 time.sleep(30)
         sidecar_bin = copy_binary(sidecar_src, d)
         info = machine_info(sidecar_src, sidecar_bin)
+        stale = newer_sources(sidecar_src) if os.environ.get("SIDECAR_BIN") else []
+        if stale:
+            info["token_sidecar_older_than"] = stale
+            log(f"WARNING: {sidecar_src} is older than this checkout's sources "
+                f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): if it is meant to "
+                f"be this tree's build, rebuild it (cargo build --release) or unset SIDECAR_BIN")
         log("machine:")
         for k, v in info.items():
             log(f"  {k:22s} {v}")
@@ -1245,6 +1275,10 @@ def main():
             f"wall {info['wall_seconds']:.0f}s")
 
         problems = []
+        if info.get("token_sidecar_older_than"):
+            problems.append(f"the token-sidecar binary is older than the sources "
+                            f"({', '.join(info['token_sidecar_older_than'][:5])}): it may not be "
+                            f"this tree's build")
         for name, res in results.items():
             for kind, pr in res["proxies"].items():
                 errs = pr["summary"]["errors"] + sum(r["errors"] for r in pr["discarded_rounds"])

@@ -1,6 +1,7 @@
 """Unit tests of the benchmark harness's own logic (no proxy, no load):
 python3 -m unittest discover -s bench -p 'test_*.py'"""
 
+import os
 import tempfile
 import unittest
 from pathlib import Path
@@ -64,6 +65,30 @@ class PerRoundRatios(unittest.TestCase):
 
     def test_no_rounds(self):
         self.assertEqual(run.per_round({"rps": 1.0}, "x"), "no paired rounds")
+
+
+class StaleBinary(unittest.TestCase):
+    def setUp(self):
+        self.repo = Path(tempfile.mkdtemp())
+        (self.repo / "src" / "proxy").mkdir(parents=True)
+        self.binary = self.repo / "token-sidecar"
+        for f in ("src/main.rs", "src/proxy/pool.rs", "Cargo.toml", "token-sidecar"):
+            (self.repo / f).write_text("x")
+            os.utime(self.repo / f, (1000, 1000))
+
+    def test_a_binary_built_after_every_source_is_current(self):
+        os.utime(self.binary, (2000, 2000))
+        self.assertEqual(run.newer_sources(self.binary, self.repo), [])
+
+    def test_a_source_changed_after_the_build_is_named(self):
+        os.utime(self.binary, (2000, 2000))
+        os.utime(self.repo / "src/proxy/pool.rs", (3000, 3000))
+        os.utime(self.repo / "Cargo.toml", (2500, 2500))
+        self.assertEqual(run.newer_sources(self.binary, self.repo),
+                         ["src/proxy/pool.rs", "Cargo.toml"])
+
+    def test_a_missing_binary_is_not_judged(self):
+        self.assertEqual(run.newer_sources(self.repo / "nope", self.repo), [])
 
 
 class PairedVerdict(unittest.TestCase):
