@@ -389,6 +389,11 @@ def newer_sources(binary, repo=REPO):
     return [name for _, name in sorted(newer, reverse=True)]
 
 
+def few(names, n=5):
+    """`names` joined for a message, the first `n` of them."""
+    return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
+
+
 def copy_binary(src, workdir):
     # Not named token-sidecar: a `pkill -f token-sidecar` elsewhere must not stop the benchmark.
     dst = Path(workdir) / "sidecar-under-test"
@@ -827,8 +832,8 @@ def summarize(rounds):
         p99_ms=median([r["p99_ms"] for r in rounds]),
         p999_ms=median([r["p999_ms"] for r in rounds]),
         cpu_us_per_req=median([r["cpu_us_per_req"] for r in rounds]),
-        user_us_per_req=median([r.get("user_us_per_req", float("nan")) for r in rounds]),
-        sys_us_per_req=median([r.get("sys_us_per_req", float("nan")) for r in rounds]),
+        user_us_per_req=median([r["user_us_per_req"] for r in rounds]),
+        sys_us_per_req=median([r["sys_us_per_req"] for r in rounds]),
         peak_rss_mib=max(r["peak_rss_mib"] for r in rounds),
         requests=sum(r["requests"] for r in rounds),
         errors=sum(r["errors"] for r in rounds),
@@ -851,7 +856,7 @@ def table(variant_name, res):
         spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 100 if s["rps"] else float("nan")
         rows.append([kind, fmt(s["rps"], 0), f"±{spread / 2:.1f}%", fmt(s["p50_ms"], 3),
                      fmt(s["p99_ms"], 3), fmt(s["p999_ms"], 3), fmt(s["cpu_us_per_req"], 1),
-                     fmt(s.get("user_us_per_req"), 1), fmt(s.get("sys_us_per_req"), 1),
+                     fmt(s["user_us_per_req"], 1), fmt(s["sys_us_per_req"], 1),
                      fmt(s["peak_rss_mib"], 1), fmt(pr.get("idle_rss_mib"), 1), str(s["errors"]),
                      f"{s['other_cpu_pct_max']:.0f}%"])
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
@@ -926,6 +931,9 @@ def per_round(ratio, times):
     return out
 
 
+VERDICT_WORDS = {"ahead": "ahead of", "behind": "behind", "level": "level with"}
+
+
 def verdicts(results):
     """One line per variant: token-sidecar against each proxy, as the paired rounds judge it."""
     lines = []
@@ -934,8 +942,7 @@ def verdicts(results):
         for k, v in res.get("ratios", {}).items():
             p = v.get("rps_paired")
             other = k.split("/", 1)[1]
-            word = {"ahead": "ahead of", "behind": "behind", "level": "level with"}
-            parts.append(f"{word[p['verdict']]} {other} (x{p['lo']:.2f}-{p['hi']:.2f})"
+            parts.append(f"{VERDICT_WORDS[p['verdict']]} {other} (x{p['lo']:.2f}-{p['hi']:.2f})"
                          if p else f"{other}: too few rounds to judge")
         if parts:
             lines.append(f"{name:16s} " + "; ".join(parts))
@@ -947,7 +954,7 @@ def markdown(info, settings, results):
     out = [f"Run {info['date']}: `{info['token_sidecar']}` (binary built "
            f"{info.get('token_sidecar_built', '?')}, sha256 {info.get('token_sidecar_sha256', '?')}…; "
            f"tree {info['git']}"
-           + (f"; OLDER THAN THE TREE'S SOURCES: {', '.join(info['token_sidecar_older_than'][:5])}"
+           + (f"; OLDER THAN THE TREE'S SOURCES: {few(info['token_sidecar_older_than'])}"
               if info.get("token_sidecar_older_than") else "") + "), "
            f"{settings['rounds']} round(s) x {settings['duration']} s after a {settings['warmup']} s "
            f"warm-up; load average {info['loadavg_start']} at the start, "
@@ -964,7 +971,7 @@ def markdown(info, settings, results):
             spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 50 if s["rps"] else float("nan")
             out.append(f"| {kind} | {fmt(s['rps'], 0)} | ±{spread:.0f}% | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
                        f"| {fmt(s['p999_ms'], 2)} | {fmt(s['cpu_us_per_req'], 1)} "
-                       f"| {fmt(s.get('user_us_per_req'), 1)} | {fmt(s.get('sys_us_per_req'), 1)} "
+                       f"| {fmt(s['user_us_per_req'], 1)} | {fmt(s['sys_us_per_req'], 1)} "
                        f"| {fmt(s['peak_rss_mib'], 1)} | {fmt(pr.get('idle_rss_mib'), 1)} | {s['errors']} |")
         if res["ratios"]:
             out.append("")
@@ -1237,7 +1244,7 @@ def main():
         if stale:
             info["token_sidecar_older_than"] = stale
             log(f"WARNING: {sidecar_src} is older than this checkout's sources "
-                f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): if it is meant to "
+                f"({few(stale)}): if it is meant to "
                 f"be this tree's build, rebuild it (cargo build --release) or unset SIDECAR_BIN")
         log("machine:")
         for k, v in info.items():
@@ -1277,7 +1284,7 @@ def main():
         problems = []
         if info.get("token_sidecar_older_than"):
             problems.append(f"the token-sidecar binary is older than the sources "
-                            f"({', '.join(info['token_sidecar_older_than'][:5])}): it may not be "
+                            f"({few(info['token_sidecar_older_than'])}): it may not be "
                             f"this tree's build")
         for name, res in results.items():
             for kind, pr in res["proxies"].items():
