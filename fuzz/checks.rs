@@ -538,7 +538,7 @@ pub fn check_rewrite(data: &[u8]) {
             headers.append(n, v);
         }
     }
-    check_headers(&headers, version);
+    check_headers(&method, &headers, version);
 }
 
 fn trim_cr(line: &[u8]) -> &[u8] {
@@ -723,26 +723,43 @@ const ALWAYS_DROPPED: [&str; 8] = [
     "connection",
 ];
 
-fn check_headers(original: &HeaderMap, version: Version) {
+fn check_headers(method: &Method, original: &HeaderMap, version: Version) {
     let _ = rewrite::header_list_size(original);
-    let upgrade = rewrite::is_upgrade(original, version);
-    if upgrade {
-        assert_eq!(version, Version::HTTP_11, "an upgrade outside HTTP/1.1");
-        assert!(
-            connection_options(original).contains(&header::UPGRADE),
-            "an upgrade without `Connection: upgrade`"
-        );
-        assert!(
-            original
-                .get_all(header::UPGRADE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(','))
-                .map(str::trim)
-                .any(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c")),
-            "an upgrade offering only h2c"
-        );
-    }
+    let upgrades: Vec<&[u8]> = original
+        .get_all(header::UPGRADE)
+        .iter()
+        .map(|v| v.as_bytes().trim_ascii())
+        .collect();
+    let upgrade = match rewrite::upgrade_of(method, version, original) {
+        Ok(rewrite::Upgrade::WebSocket) => {
+            assert_eq!(version, Version::HTTP_11, "an upgrade outside HTTP/1.1");
+            assert_eq!(*method, Method::GET, "an upgrade on {method}");
+            assert!(
+                connection_options(original).contains(&header::UPGRADE),
+                "an upgrade without `Connection: upgrade`"
+            );
+            assert!(
+                upgrades.len() == 1 && upgrades[0].eq_ignore_ascii_case(b"websocket"),
+                "an upgrade to something other than one `websocket`: {upgrades:?}"
+            );
+            for h in ["sec-websocket-key", "sec-websocket-version"] {
+                assert_eq!(original.get_all(h).iter().count(), 1, "{h} in an upgrade");
+            }
+            true
+        }
+        Ok(rewrite::Upgrade::None) => {
+            assert!(
+                upgrades.is_empty()
+                    || (upgrades.len() == 1 && upgrades[0].eq_ignore_ascii_case(b"h2c")),
+                "an `Upgrade` other than a lone h2c forwarded as a plain request: {upgrades:?}"
+            );
+            false
+        }
+        Err(_) => {
+            assert!(!upgrades.is_empty(), "refused without an `Upgrade`");
+            false
+        }
+    };
 
     let mut h = original.clone();
     rewrite::prepare_request_headers(&mut h, upgrade);

@@ -174,6 +174,15 @@ async fn refresh(shared: &Shared, name: Option<String>) -> Response<Body> {
             Ok(()) => {
                 info.insert(profile.name.clone(), profile_info(profile));
             }
+            Err(crate::token::RefreshError::Throttled {
+                message,
+                retry_after,
+            }) => {
+                return crate::error::rate_limited(
+                    &format!("Token {}: {message}.", profile.name),
+                    retry_after,
+                );
+            }
             Err(e) => {
                 tracing::warn!(token = %profile.name, error = %e, "manual refresh failed");
                 failed.push(profile.name.clone());

@@ -14,6 +14,7 @@ use crate::config::{Config, Grant};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::proxy::client::ClientSettings;
 use crate::proxy::pool::{Pool, PoolLimits};
+use crate::proxy::replay::ReplayBudget;
 use crate::proxy::{Route, RouteSettings};
 use crate::server::{self, ListenerSettings};
 use crate::token::file::FileSource;
@@ -22,6 +23,12 @@ use crate::token::{NewToken, Profile, Source, TokenStore, Trigger};
 
 /// Idle upstream connections kept per route; more are closed when they become idle.
 const MAX_IDLE_CONNECTIONS: usize = 1024;
+
+/// The admin endpoints take no large requests: a small head (hyper's smallest read buffer)
+/// keeps a flood of connections from the pod network cheap.
+const ADMIN_MAX_HEADER_BYTES: usize = 8 * 1024;
+/// Time an admin client has to send its request head (probes and scrapes send it at once).
+const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// State shared by the listeners.
 #[derive(Debug)]
@@ -148,7 +155,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                             message,
                         })?,
                 );
-                tracker.spawn(refresher.clone().run(shutdown.clone()));
+                tracker.spawn(refresher.clone().run(shutdown.clone(), tracker.clone()));
                 Source::OAuth(refresher)
             }
         };
@@ -164,7 +171,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         );
     }
 
-    // Routes and their listeners.
+    // Routes and their listeners. Every route's replay copies count against one budget.
+    let replay_budget = ReplayBudget::new(config.retry_body_budget, metrics.retry_body_bytes.clone());
     let mut routes = Vec::new();
     let mut proxy_addrs = Vec::new();
     let mut listeners = Vec::new();
@@ -204,6 +212,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 profile,
                 refresh_on_401,
                 retry_body_limit: rc.retry_body_limit,
+                replay_budget: replay_budget.clone(),
+                allowed: crate::proxy::origin::Allowed {
+                    hosts: rc.allowed_hosts.clone(),
+                    origins: rc.allowed_origins.clone(),
+                },
             },
             pool,
             RouteMetrics::new(&metrics, &rc.name),
@@ -247,42 +260,52 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             // hyper's own hard limit sits above the route's, which answers with JSON.
             max_header_bytes: rc.max_request_header_bytes * 2,
         });
-        let open = metrics
-            .open_connections
-            .with_label_values(&[rc.name.as_str()]);
+        let limit = server::ConnectionLimit {
+            max: rc.max_connections,
+            open: metrics
+                .open_connections
+                .with_label_values(&[rc.name.as_str()]),
+            rejected: metrics
+                .connections_rejected
+                .with_label_values(&[rc.name.as_str()]),
+        };
         tracing::info!(route = %rc.name, %addr, upstream = %format!("{}://{}{}", rc.upstream.scheme(), rc.upstream.authority(), rc.upstream.base_path()), "listening");
         tracker.spawn(server::serve(
             listener,
             builder,
             rc.header_read_timeout,
-            move |_peer| {
+            move |_peer, local| {
                 let route = route.clone();
-                move |req| route.handle(req)
+                move |req| route.handle(req, local)
             },
-            open,
+            limit,
             shutdown.clone(),
         ));
     }
     {
         let shared = shared.clone();
         let builder = server::builder(&ListenerSettings {
-            header_read_timeout: Duration::from_secs(30),
-            max_header_bytes: 64 * 1024,
+            header_read_timeout: ADMIN_HEADER_READ_TIMEOUT,
+            max_header_bytes: ADMIN_MAX_HEADER_BYTES,
         });
-        let open = metrics.open_connections.with_label_values(&["admin"]);
+        let limit = server::ConnectionLimit {
+            max: config.admin_max_connections,
+            open: metrics.open_connections.with_label_values(&["admin"]),
+            rejected: metrics.connections_rejected.with_label_values(&["admin"]),
+        };
         tracing::info!(addr = %admin_addr, "admin listening");
         tracker.spawn(server::serve(
             admin_listener,
             builder,
-            Duration::from_secs(30),
-            move |peer| {
+            ADMIN_HEADER_READ_TIMEOUT,
+            move |peer, _local| {
                 let shared = shared.clone();
                 move |req| {
                     let shared = shared.clone();
                     async move { Ok(crate::admin::handle(shared, peer, req).await) }
                 }
             },
-            open,
+            limit,
             shutdown.clone(),
         ));
     }

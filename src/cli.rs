@@ -10,6 +10,7 @@ pub const EXIT_START_FAILED: i32 = 1;
 
 /// Runs the command line and returns the exit code.
 pub fn main() -> i32 {
+    harden_process();
     let cli = Cli::parse();
     let env = |name: &str| std::env::var(name).ok();
     match cli.command {
@@ -31,6 +32,18 @@ pub fn main() -> i32 {
                 }
             }
         }
+    }
+}
+
+/// Makes the process non-dumpable before any secret is read: no core dump, and no other process
+/// of the same user can attach to it or read its memory through /proc (PR_SET_DUMPABLE 0).
+/// The memory of the process holds the tokens, the refresh token and the client secret.
+fn harden_process() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        eprintln!("token-sidecar: warning: cannot make the process non-dumpable: {e}");
     }
 }
 

@@ -32,8 +32,11 @@ pub enum ErrorKind {
     MethodNotAllowed,
     /// An admin action refused to this peer (403).
     Forbidden,
-    /// A refresh was requested and failed (502), or anything unexpected (500).
+    /// A refresh was requested and failed (502).
     RefreshFailed,
+    /// Too many requests: a refresh asked for too soon, the token request budget spent (429
+    /// + `Retry-After`).
+    RateLimited,
     /// Anything unexpected (500).
     Internal,
 }
@@ -52,6 +55,7 @@ impl ErrorKind {
             ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::Forbidden => "forbidden",
             ErrorKind::RefreshFailed => "refresh_failed",
+            ErrorKind::RateLimited => "rate_limited",
             ErrorKind::Internal => "internal_error",
         }
     }
@@ -68,6 +72,7 @@ impl ErrorKind {
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,6 +90,15 @@ pub fn error_response(kind: ErrorKind, message: &str) -> Response<Body> {
     );
     h.insert(ERROR_HEADER, HeaderValue::from_static(kind.as_str()));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// 429 `rate_limited` with `Retry-After` (whole seconds, at least 1).
+pub fn rate_limited(message: &str, retry_after: std::time::Duration) -> Response<Body> {
+    let mut resp = error_response(ErrorKind::RateLimited, message);
+    let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     resp
 }
 

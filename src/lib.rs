@@ -21,6 +21,7 @@ pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod secret;
 pub mod server;
 pub mod telemetry;

@@ -40,6 +40,16 @@ pub struct Metrics {
     pub shared_ops: IntCounterVec,
     /// `token_sidecar_shared_lock_acquisitions_total{token}`.
     pub shared_lock_acquisitions: IntCounterVec,
+    /// `token_sidecar_shared_rejected_entries_total{token,reason}`.
+    pub shared_rejected: IntCounterVec,
+    /// `token_sidecar_connections_rejected_total{listener}`.
+    pub connections_rejected: IntCounterVec,
+    /// `token_sidecar_retry_body_bytes`.
+    pub retry_body_bytes: prometheus::IntGauge,
+    /// `token_sidecar_retry_body_budget_exceeded_total{route}`.
+    pub retry_body_budget_exceeded: IntCounterVec,
+    /// `token_sidecar_token_requests_deferred_total{token}`.
+    pub token_requests_deferred: IntCounterVec,
 }
 
 impl Default for Metrics {
@@ -158,7 +168,44 @@ impl Metrics {
             "Times this replica took the shared refresh lock.",
             &["token"],
         );
+        let shared_rejected = counter(
+            &registry,
+            "token_sidecar_shared_rejected_entries_total",
+            "Shared-store entries ignored because they could not be trusted, by reason (unsealed, tampered, invalid).",
+            &["token", "reason"],
+        );
+        let connections_rejected = counter(
+            &registry,
+            "token_sidecar_connections_rejected_total",
+            "Connections closed at once because the listener held its maximum of open connections.",
+            &["listener"],
+        );
+        let retry_body_bytes = prometheus::IntGauge::new(
+            "token_sidecar_retry_body_bytes",
+            "Bytes of request bodies held now for a replay after a 401, all routes together.",
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(retry_body_bytes.clone()))
+            .expect("metric registered once");
+        let retry_body_budget_exceeded = counter(
+            &registry,
+            "token_sidecar_retry_body_budget_exceeded_total",
+            "Requests streamed through without a copy for a replay because --retry-body-budget was in use.",
+            &["route"],
+        );
+        let token_requests_deferred = counter(
+            &registry,
+            "token_sidecar_token_requests_deferred_total",
+            "Token requests held back because the profile's --token-request-budget was spent.",
+            &["token"],
+        );
         Metrics {
+            shared_rejected,
+            connections_rejected,
+            retry_body_bytes,
+            retry_body_budget_exceeded,
+            token_requests_deferred,
             shared_ops,
             shared_lock_acquisitions,
             registry,
@@ -242,6 +289,14 @@ impl RouteMetrics {
         self.metrics
             .rejected
             .with_label_values(&[self.route.as_str(), kind])
+            .inc();
+    }
+
+    /// Counts a request streamed through without a replay copy: the replay budget was in use.
+    pub fn retry_body_budget_exceeded(&self) {
+        self.metrics
+            .retry_body_budget_exceeded
+            .with_label_values(&[self.route.as_str()])
             .inc();
     }
 

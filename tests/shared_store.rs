@@ -275,10 +275,11 @@ async fn a_stale_holders_write_is_fenced_off() {
     let cfg = SharedConfig {
         redis_url: Secret::new(redis.url()),
         key_prefix: "test".into(),
+        seal_keys: None,
     };
     let metrics = token_sidecar::metrics::Metrics::new();
-    let a = SharedStore::new(&cfg, "p", Duration::from_millis(300), metrics.clone()).unwrap();
-    let b = SharedStore::new(&cfg, "p", Duration::from_secs(5), metrics).unwrap();
+    let a = SharedStore::new(&cfg, "p", "k", Duration::from_millis(300), metrics.clone()).unwrap();
+    let b = SharedStore::new(&cfg, "p", "k", Duration::from_secs(5), metrics).unwrap();
     let set = |v: &str| TokenSet {
         access_token: Secret::new(v),
         expires_at: std::time::SystemTime::now() + Duration::from_secs(60),
@@ -295,21 +296,21 @@ async fn a_stale_holders_write_is_fenced_off() {
         assert!(waited.elapsed() < DEADLINE);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(b.write(State::new("k", 2, &set("b"))).await.unwrap());
+    assert!(b.write(State::new("k", 2, &set("b")), None).await.unwrap());
     // A wakes up and tries to write what it obtained, with the version it computed: rejected.
-    assert!(!a.write(State::new("k", 2, &set("a"))).await.unwrap());
-    assert!(!a.write(State::new("k", 1, &set("a"))).await.unwrap());
+    assert!(!a.write(State::new("k", 2, &set("a")), None).await.unwrap());
+    assert!(!a.write(State::new("k", 1, &set("a")), None).await.unwrap());
     // A cannot release or extend B's lock.
     assert!(!a.unlock().await.unwrap());
     assert!(!a.extend().await.unwrap());
     assert!(b.extend().await.unwrap());
     assert!(b.unlock().await.unwrap());
-    let stored = b.read().await.unwrap().unwrap();
+    let stored = b.read().await.unwrap().set().unwrap();
     assert_eq!(stored.state.version, 2);
     assert_eq!(stored.state.access_token, "b");
     // Versions only grow.
-    assert!(a.write(State::new("k", 3, &set("a3"))).await.unwrap());
-    assert_eq!(b.read().await.unwrap().unwrap().state.version, 3);
+    assert!(a.write(State::new("k", 3, &set("a3")), None).await.unwrap());
+    assert_eq!(b.read().await.unwrap().set().unwrap().state.version, 3);
 }
 
 async fn redis_get(url: &str, key: &str) -> Option<String> {

@@ -178,6 +178,44 @@ pub struct Flags {
         hide_env_values = true
     )]
     pub redis_url: Option<SecretArg>,
+    /// File holding the Redis URL, password included (instead of --redis-url).
+    #[arg(long, env = "TOKEN_SIDECAR_REDIS_URL_FILE", value_name = "FILE")]
+    pub redis_url_file: Option<PathBuf>,
+    /// File holding the key that seals shared-store entries: 32 random bytes, raw or base64 (one key per line; the first seals).
+    #[arg(long, env = "TOKEN_SIDECAR_SHARED_KEY_FILE", value_name = "FILE")]
+    pub shared_key_file: Option<PathBuf>,
+    /// Token requests a profile may send, N/DURATION, all replicas together when shared [default: 5/60s].
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET",
+        value_name = "N/DURATION"
+    )]
+    pub token_request_budget: Option<String>,
+    /// Connections a proxy listener holds open at once; more are closed at once [default: 4096].
+    #[arg(long, env = "TOKEN_SIDECAR_MAX_CONNECTIONS", value_name = "N")]
+    pub max_connections: Option<String>,
+    /// Connections the admin listener holds open at once; more are closed at once [default: 256].
+    #[arg(long, env = "TOKEN_SIDECAR_ADMIN_MAX_CONNECTIONS", value_name = "N")]
+    pub admin_max_connections: Option<String>,
+    /// A host name requests may name besides the listener's own (repeatable; *.example.com for subdomains).
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_ALLOWED_HOST",
+        value_name = "HOST",
+        value_delimiter = ','
+    )]
+    pub allowed_host: Vec<String>,
+    /// A browser origin allowed to use the route, e.g. http://localhost:3000 (repeatable).
+    #[arg(
+        long,
+        env = "TOKEN_SIDECAR_ALLOWED_ORIGIN",
+        value_name = "ORIGIN",
+        value_delimiter = ','
+    )]
+    pub allowed_origin: Vec<String>,
+    /// Bytes of request bodies held for 401 replays, all routes together [default: 16777216].
+    #[arg(long, env = "TOKEN_SIDECAR_RETRY_BODY_BUDGET", value_name = "BYTES")]
+    pub retry_body_budget: Option<String>,
     /// Header the token is written to [default: Authorization].
     #[arg(long, env = "TOKEN_SIDECAR_HEADER", value_name = "NAME")]
     pub header: Option<String>,

@@ -20,16 +20,20 @@ pub struct RawFile {
     pub log_format: Option<String>,
     pub shutdown_grace: Option<String>,
     pub threads: Option<u64>,
+    pub retry_body_budget: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 pub struct RawAdmin {
     pub listen: Option<String>,
+    pub max_connections: Option<u64>,
 }
 
 #[derive(Default, Deserialize)]
 pub struct RawShared {
     pub redis_url: Option<String>,
+    pub redis_url_file: Option<String>,
+    pub shared_key_file: Option<String>,
     pub key_prefix: Option<String>,
 }
 
@@ -50,6 +54,9 @@ pub struct RawRoute {
     pub max_upstream_connections: Option<u64>,
     pub header_read_timeout: Option<String>,
     pub max_request_header_bytes: Option<u64>,
+    pub max_connections: Option<u64>,
+    pub allowed_hosts: Option<Vec<String>>,
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -77,6 +84,7 @@ pub struct RawToken {
     pub default_lifetime: Option<String>,
     pub request_timeout: Option<String>,
     pub file_poll_interval: Option<String>,
+    pub token_request_budget: Option<String>,
 }
 
 /// Parses the text of a config file. `${VAR}` in string values is replaced from `env`

@@ -41,6 +41,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Worker threads.
     pub threads: usize,
+    /// Connections the admin listener holds open at once.
+    pub admin_max_connections: usize,
+    /// Bytes of request bodies held for 401 replays, all routes together.
+    pub retry_body_budget: u64,
 }
 
 /// `[shared]`: replicas share one token set through Redis.
@@ -50,6 +54,8 @@ pub struct SharedConfig {
     pub redis_url: Secret,
     /// Prefix of the keys written.
     pub key_prefix: String,
+    /// Keys that seal the entries written to Redis (`--shared-key-file`).
+    pub seal_keys: Option<std::sync::Arc<crate::token::shared::seal::SealKeys>>,
 }
 
 /// Log output format.
@@ -94,6 +100,13 @@ pub struct RouteConfig {
     pub header_read_timeout: Duration,
     /// Request header blocks over this size get 431.
     pub max_request_header_bytes: usize,
+    /// Connections the listener holds open at once; more are closed at once.
+    pub max_connections: usize,
+    /// Host names requests may name besides the listener's own (lowercase; `*.` prefixes
+    /// match subdomains).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins allowed besides the listener's own (lowercase `scheme://host[:port]`).
+    pub allowed_origins: Vec<String>,
 }
 
 /// How the client authenticates to the token endpoint (RFC 6749 2.3.1).
@@ -189,6 +202,8 @@ pub struct TokenConfig {
     pub default_lifetime: Duration,
     /// Upper bound on one token request.
     pub request_timeout: Duration,
+    /// Token requests allowed per window, all replicas together when shared.
+    pub request_budget: crate::ratelimit::Rate,
 }
 
 /// Every problem found in a configuration.
@@ -214,6 +229,17 @@ pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Default admin listener.
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+/// Default cap on a proxy listener's open connections.
+pub const DEFAULT_MAX_CONNECTIONS: u64 = 4096;
+/// Default cap on the admin listener's open connections.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u64 = 256;
+/// Default total of request bytes held for 401 replays.
+pub const DEFAULT_RETRY_BODY_BUDGET: u64 = 16 * 1024 * 1024;
+/// Default token request budget: RingCentral's Auth group, 5 requests a minute.
+pub const DEFAULT_TOKEN_REQUEST_BUDGET: crate::ratelimit::Rate = crate::ratelimit::Rate {
+    max: 5,
+    window: Duration::from_secs(60),
+};
 
 /// A value and the name it is reported under.
 struct Src<T> {
@@ -299,6 +325,27 @@ impl Checker {
         }
     }
 
+    /// A whole number in `range`; `what` names it when no source does (the default is used).
+    fn count_in(
+        &mut self,
+        src: Option<Src<String>>,
+        default: u64,
+        range: std::ops::RangeInclusive<u64>,
+        what: &str,
+    ) -> u64 {
+        let key = src.as_ref().map_or_else(|| what.to_owned(), |s| s.key.clone());
+        let n = self.number(src, default);
+        if !range.contains(&n) {
+            self.err(format!(
+                "{key}: {n} is out of range ({}..={})",
+                range.start(),
+                range.end()
+            ));
+            return default;
+        }
+        n
+    }
+
     fn boolean(&mut self, src: Option<Src<String>>, default: bool) -> bool {
         match src {
             None => default,
@@ -345,6 +392,26 @@ impl Checker {
             (None, None) => None,
         }
     }
+}
+
+/// A repeatable flag when given, else the file's list; each value with the name it is
+/// reported under.
+fn list(
+    flag: &[String],
+    flag_name: &str,
+    file: &Option<Vec<String>>,
+    key: &str,
+) -> Vec<(String, String)> {
+    if !flag.is_empty() {
+        return flag
+            .iter()
+            .map(|v| (v.clone(), format!("--{flag_name}")))
+            .collect();
+    }
+    file.iter()
+        .flatten()
+        .map(|v| (v.clone(), format!("`{key}`")))
+        .collect()
 }
 
 fn path_str(p: &Option<PathBuf>) -> Option<String> {
@@ -429,6 +496,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         check_flags_fit(flags, route_flags_apply, token_flags_apply, &mut c);
     }
 
+    let raw_admin_max_connections = raw.admin.as_ref().and_then(|a| a.max_connections);
     let admin_listen = pick(
         &flags.admin_listen,
         "admin-listen",
@@ -481,14 +549,82 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         n.clamp(1, 1024) as usize
     };
 
+    let admin_max_connections = {
+        let s = pick(
+            &flags.admin_max_connections,
+            "admin-max-connections",
+            &u64_str(&raw_admin_max_connections),
+            "admin.max_connections",
+        );
+        c.count_in(s, DEFAULT_ADMIN_MAX_CONNECTIONS, 1..=65536, "--admin-max-connections")
+    };
+    let retry_body_budget = {
+        let s = pick(
+            &flags.retry_body_budget,
+            "retry-body-budget",
+            &u64_str(&raw.retry_body_budget),
+            "retry_body_budget",
+        );
+        c.count_in(s, DEFAULT_RETRY_BODY_BUDGET, 0..=1 << 30, "--retry-body-budget")
+    };
+
     let shared = {
         let raw_shared = raw.shared.unwrap_or_default();
-        let url = pick(
+        let inline = pick(
             &secret_str(&flags.redis_url),
             "redis-url",
             &raw_shared.redis_url,
             "shared.redis_url",
         );
+        let from_file = pick(
+            &path_str(&flags.redis_url_file),
+            "redis-url-file",
+            &raw_shared.redis_url_file,
+            "shared.redis_url_file",
+        );
+        let url = match (inline, from_file) {
+            (Some(i), Some(f)) => {
+                c.err(format!("{} and {}: give the Redis URL one way only", i.key, f.key));
+                None
+            }
+            (Some(i), None) => Some(i),
+            (None, Some(f)) => match crate::secret::read_secret_file(std::path::Path::new(&f.value)) {
+                Ok(secret) => Some(Src {
+                    value: secret.expose().to_owned(),
+                    key: f.key,
+                }),
+                Err(e) => {
+                    c.err(format!("{}: {e}", f.key));
+                    None
+                }
+            },
+            (None, None) => None,
+        };
+        let key_file = pick(
+            &path_str(&flags.shared_key_file),
+            "shared-key-file",
+            &raw_shared.shared_key_file,
+            "shared.shared_key_file",
+        );
+        let seal_keys = key_file.as_ref().and_then(|k| {
+            match crate::token::shared::seal::SealKeys::load(std::path::Path::new(&k.value)) {
+                Ok(keys) => Some(std::sync::Arc::new(keys)),
+                Err(e) => {
+                    c.err(format!("{}: {e}", k.key));
+                    None
+                }
+            }
+        });
+        match (&url, &key_file) {
+            (None, Some(k)) => tracing::warn!(
+                option = %k.key,
+                "a shared key is given without a Redis URL; it is not used"
+            ),
+            (Some(_), None) => tracing::warn!(
+                "the shared store is used without --shared-key-file: anyone who can read the Redis keys sees the tokens, and anyone who can write them can make the replicas use a token of their own; seal the entries with a key (see docs/shared-store.md)"
+            ),
+            _ => {}
+        }
         url.map(|u| {
             if !(u.value.starts_with("redis://")
                 || u.value.starts_with("rediss://")
@@ -509,6 +645,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 key_prefix: raw_shared
                     .key_prefix
                     .unwrap_or_else(|| "token-sidecar".into()),
+                seal_keys,
             }
         })
     };
@@ -845,7 +982,27 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             &t.state_file,
             &k("state_file"),
         )
-        .map(|s| PathBuf::from(s.value));
+        .map(|s| {
+            if let Err(e) = crate::token::state::check_location(std::path::Path::new(&s.value)) {
+                c.err(format!("{}: {e}", s.key));
+            }
+            PathBuf::from(s.value)
+        });
+        let request_budget = match pick(
+            &f.token_request_budget,
+            "token-request-budget",
+            &t.token_request_budget,
+            &k("token_request_budget"),
+        ) {
+            None => DEFAULT_TOKEN_REQUEST_BUDGET,
+            Some(s) => match s.value.parse::<crate::ratelimit::Rate>() {
+                Ok(r) => r,
+                Err(e) => {
+                    c.err(format!("{}: `{}`: {e}", s.key, s.value));
+                    DEFAULT_TOKEN_REQUEST_BUDGET
+                }
+            },
+        };
         if let Some(g) = grant {
             tokens.insert(
                 name.clone(),
@@ -863,6 +1020,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                     state_file,
                     default_lifetime,
                     request_timeout,
+                    request_budget,
                 },
             );
         }
@@ -1086,6 +1244,37 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         if !(1024..=1024 * 1024).contains(&max_request_header_bytes) {
             c.err(format!("--max-request-header-bytes (or `{}`): {max_request_header_bytes} is out of range (1024..=1048576)", k("max_request_header_bytes")));
         }
+        let max_connections = c.count_in(
+            pick(
+                &f.max_connections,
+                "max-connections",
+                &u64_str(&r.max_connections),
+                &k("max_connections"),
+            ),
+            DEFAULT_MAX_CONNECTIONS,
+            1..=65536,
+            &format!("--max-connections (or `{}`)", k("max_connections")),
+        );
+        let allowed_hosts = list(&f.allowed_host, "allowed-host", &r.allowed_hosts, &k("allowed_hosts"))
+            .into_iter()
+            .filter_map(|(h, key)| match crate::proxy::origin::host_pattern(&h) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.err(format!("{key}: `{h}`: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let allowed_origins = list(&f.allowed_origin, "allowed-origin", &r.allowed_origins, &k("allowed_origins"))
+            .into_iter()
+            .filter_map(|(o, key)| match crate::proxy::origin::origin(&o) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.err(format!("{key}: `{o}`: {e}"));
+                    None
+                }
+            })
+            .collect();
         if let (Some(listen), Some(upstream)) = (listen, upstream) {
             if !listen.ip().is_loopback() {
                 tracing::warn!(route = %name, %listen, "the proxy listener is not on loopback: anything that reaches it can use the token");
@@ -1106,6 +1295,9 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
                 max_upstream_connections: max_upstream_connections as usize,
                 header_read_timeout,
                 max_request_header_bytes: max_request_header_bytes as usize,
+                max_connections: max_connections as usize,
+                allowed_hosts,
+                allowed_origins,
             });
         }
     }
@@ -1144,6 +1336,8 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             log_format,
             shutdown_grace,
             threads,
+            admin_max_connections: admin_max_connections as usize,
+            retry_body_budget,
         })
     } else {
         Err(ConfigErrors(c.errors))
@@ -1151,7 +1345,10 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
 }
 
 fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Checker) {
-    let route_flags: [(&str, bool); 13] = [
+    let route_flags: [(&str, bool); 16] = [
+        ("max-connections", flags.max_connections.is_some()),
+        ("allowed-host", !flags.allowed_host.is_empty()),
+        ("allowed-origin", !flags.allowed_origin.is_empty()),
         ("listen", flags.listen.is_some()),
         ("upstream", flags.upstream.is_some()),
         ("upstream-ca-file", flags.upstream_ca_file.is_some()),
@@ -1182,7 +1379,8 @@ fn check_flags_fit(flags: &Flags, one_route: bool, one_token: bool, c: &mut Chec
             }
         }
     }
-    let token_flags: [(&str, bool); 20] = [
+    let token_flags: [(&str, bool); 21] = [
+        ("token-request-budget", flags.token_request_budget.is_some()),
         ("grant", flags.grant.is_some()),
         ("token-url", flags.token_url.is_some()),
         ("client-id", flags.client_id.is_some()),

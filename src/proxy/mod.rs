@@ -4,20 +4,27 @@
 //! For each request, in order:
 //! 1. the header block is measured (431 over the limit),
 //! 2. the target is checked: never CONNECT, never another host, no dot segments (400),
-//! 3. the token is loaded, one atomic load; none or expired means 503 and nothing is sent,
-//! 4. hop-by-hop headers, `Host` and the app's credentials are dropped, the token header set,
-//! 5. the request is sent through the route's connection pool, bodies streamed both ways,
-//! 6. upstream failures become the sidecar's own 502/504 answers (see [`crate::error`]).
+//! 3. the host it names must be the listener's (DNS rebinding, 400) and a browser's request
+//!    must come from an allowed origin (403),
+//! 4. the token is loaded, one atomic load; none or expired means 503 and nothing is sent,
+//! 5. a protocol switch must be a plain WebSocket handshake (400),
+//! 6. hop-by-hop headers, `Host` and the app's credentials are dropped, the token header set,
+//! 7. a small body is kept for a replay after a 401, within the process's replay budget,
+//! 8. the request is sent through the route's connection pool, bodies streamed both ways,
+//! 9. upstream failures become the sidecar's own 502/504 answers (see [`crate::error`]).
 
 pub mod client;
 mod deadline;
 pub mod growth;
+pub mod origin;
 pub mod pool;
+pub mod replay;
 pub mod rewrite;
 
 use std::convert::Infallible;
 use std::error::Error as StdError;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,7 +39,8 @@ use crate::error::{error_response, token_unavailable, ErrorKind};
 use crate::metrics::RouteMetrics;
 use crate::token::{Profile, TokenStore};
 use pool::{Pool, SendError};
-use rewrite::{check_target, header_list_size, is_upgrade, prepare_request_headers, Upstream};
+use replay::{Held, ReplayBudget};
+use rewrite::{check_target, header_list_size, prepare_request_headers, Upstream};
 
 /// Everything a route needs to forward a request.
 pub struct RouteSettings {
@@ -56,6 +64,10 @@ pub struct RouteSettings {
     pub refresh_on_401: bool,
     /// Request bodies up to this size are kept for a replay.
     pub retry_body_limit: u64,
+    /// What every replayable body held in memory counts against.
+    pub replay_budget: Arc<ReplayBudget>,
+    /// Host names and browser origins allowed besides the listener's own.
+    pub allowed: origin::Allowed,
 }
 
 /// What [`Route::prepare`] decided.
@@ -65,8 +77,8 @@ enum Step {
     /// Ready to go upstream.
     Forward(Forward),
     /// A body that may be replayed after a 401 must be read first; the token header (the
-    /// second field) goes on after that.
-    BufferFirst(Box<(Forward, HeaderValue)>, Incoming),
+    /// second field) goes on after that, and the third is the budget it is held against.
+    BufferFirst(Box<(Forward, HeaderValue, Held)>, Incoming),
 }
 
 /// A request ready for the upstream, and what its answer needs.
@@ -76,8 +88,16 @@ struct Forward {
     version: u64,
     upgrade: bool,
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
-    /// The head and body to send again after a 401.
-    replay: Option<Box<(http::request::Parts, bytes::Bytes)>>,
+    /// The head and body to send again after a 401 (and the replay budget the body holds).
+    replay: Option<Box<Replay>>,
+}
+
+/// What a replay after a 401 sends again.
+struct Replay {
+    head: http::request::Parts,
+    body: bytes::Bytes,
+    /// Given back to the replay budget when the replay is sent or no longer needed.
+    _held: Option<Held>,
 }
 
 /// One route: a listener's fixed upstream, token and client.
@@ -94,6 +114,8 @@ pub struct Route {
     profile: Arc<Profile>,
     refresh_on_401: bool,
     retry_body_limit: u64,
+    replay_budget: Arc<ReplayBudget>,
+    allowed: origin::Allowed,
 }
 
 impl std::fmt::Debug for Route {
@@ -125,6 +147,8 @@ impl Route {
             profile: settings.profile,
             refresh_on_401: settings.refresh_on_401,
             retry_body_limit: settings.retry_body_limit,
+            replay_budget: settings.replay_budget,
+            allowed: settings.allowed,
         }
     }
 
@@ -138,7 +162,8 @@ impl Route {
         &self.store
     }
 
-    /// Answers one request from the app. Never fails: every problem becomes a response.
+    /// Answers one request from the app, received on a connection accepted on `local`. Never
+    /// fails: every problem becomes a response.
     ///
     /// The checks and header rewriting run synchronously here; the returned future holds only
     /// the outgoing request and the exchange with the upstream. It is kept small on purpose:
@@ -146,12 +171,13 @@ impl Route {
     pub fn handle(
         self: &Arc<Self>,
         req: Request<Incoming>,
+        local: IpAddr,
     ) -> impl Future<Output = Result<Response<Body>, Infallible>> + Send + 'static {
         let start = Instant::now();
         let route = Arc::clone(self);
         let log = tracing::enabled!(tracing::Level::DEBUG)
             .then(|| Box::new((req.method().clone(), req.uri().path().to_owned())));
-        let step = route.prepare(req, start);
+        let step = route.prepare(req, start, local);
         async move {
             let resp = match step {
                 Step::Answer(resp) => resp,
@@ -195,8 +221,8 @@ impl Route {
         error_response(kind, message)
     }
 
-    /// Everything before the upstream is involved: limits, target, token, headers.
-    fn prepare(&self, mut req: Request<Incoming>, now: Instant) -> Step {
+    /// Everything before the upstream is involved: limits, target, who asks, token, headers.
+    fn prepare(&self, mut req: Request<Incoming>, now: Instant, local: IpAddr) -> Step {
         if header_list_size(req.headers()) > self.max_request_header_bytes {
             return Step::Answer(self.reject(
                 ErrorKind::HeaderTooLarge,
@@ -205,6 +231,30 @@ impl Route {
         }
         let target = match check_target(req.method(), req.version(), req.uri(), &self.upstream) {
             Ok(t) => t,
+            Err(e) => return Step::Answer(self.reject(ErrorKind::BadRequest, &e.to_string())),
+        };
+        // HTTP/2 names its host in `:authority`; an HTTP/1 absolute-form target's authority
+        // was checked above (and `Host` is then ignored, RFC 9112 3.2.2).
+        let host = || req.headers().get(http::header::HOST).map(HeaderValue::as_bytes);
+        let authority = if req.version() == Version::HTTP_2 {
+            req.uri()
+                .authority()
+                .map(|a| a.as_str().as_bytes())
+                .or_else(host)
+        } else if req.uri().authority().is_some() {
+            None
+        } else {
+            host()
+        };
+        if let Err(refused) = origin::check(authority, req.headers(), local, &self.allowed) {
+            let kind = match refused {
+                origin::Refused::Host => ErrorKind::BadRequest,
+                origin::Refused::CrossSite => ErrorKind::Forbidden,
+            };
+            return Step::Answer(self.reject(kind, &refused.to_string()));
+        }
+        let upgrade = match rewrite::upgrade_of(req.method(), req.version(), req.headers()) {
+            Ok(u) => u == rewrite::Upgrade::WebSocket,
             Err(e) => return Step::Answer(self.reject(ErrorKind::BadRequest, &e.to_string())),
         };
         let (token_header, version) = match self.store.load().as_ref() {
@@ -218,7 +268,6 @@ impl Route {
             Ok(pq) => http::Uri::from(pq),
             Err(e) => return Step::Answer(self.reject(ErrorKind::BadRequest, &e.to_string())),
         };
-        let upgrade = is_upgrade(req.headers(), req.version());
         let on_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
         let (mut parts, body) = req.into_parts();
@@ -232,8 +281,12 @@ impl Route {
         let replayable = self.refresh_on_401 && !upgrade;
         let replay = if replayable && http_body::Body::is_end_stream(&body) {
             let head = clone_head(&parts.method, &parts.uri, parts.version, &parts.headers);
-            Some(Box::new((head, bytes::Bytes::new())))
-        } else if replayable {
+            Some(Box::new(Replay {
+                head,
+                body: bytes::Bytes::new(),
+                _held: None,
+            }))
+        } else if let Some(held) = replayable.then(|| self.hold_for_replay(&body)).flatten() {
             // The body must be read first; the token header goes on once it has been.
             let fwd = Forward {
                 out: Request::from_parts(parts, Body::Empty),
@@ -242,7 +295,7 @@ impl Route {
                 on_upgrade,
                 replay: None,
             };
-            return Step::BufferFirst(Box::new((fwd, token_header)), body);
+            return Step::BufferFirst(Box::new((fwd, token_header, held)), body);
         } else {
             None
         };
@@ -261,20 +314,38 @@ impl Route {
         })
     }
 
+    /// Room in the replay budget for a body that a replay may need: one of known, small
+    /// length (one of unknown length may be a stream the client feeds slowly, and holding it
+    /// would stall the request). `None`: it streams through and is not replayed.
+    fn hold_for_replay(&self, body: &Incoming) -> Option<Held> {
+        let len = http_body::Body::size_hint(body)
+            .exact()
+            .filter(|len| *len <= self.retry_body_limit)?;
+        let held = self.replay_budget.take(len);
+        if held.is_none() {
+            self.metrics.retry_body_budget_exceeded();
+        }
+        held
+    }
+
     /// A request with a body that may be replayed after a 401: keeps a copy of a small body,
     /// then goes on like any other request.
     async fn buffer_then_exchange(
         self: Arc<Self>,
-        fwd: Box<(Forward, HeaderValue)>,
+        fwd: Box<(Forward, HeaderValue, Held)>,
         body: Incoming,
     ) -> Response<Body> {
-        let (mut fwd, token_header) = *fwd;
+        let (mut fwd, token_header, held) = *fwd;
         match crate::body::buffer_for_replay(body, self.retry_body_limit).await {
             Ok((body, kept)) => {
                 if let Some(bytes) = kept {
                     let out = &fwd.out;
                     let head = clone_head(out.method(), out.uri(), out.version(), out.headers());
-                    fwd.replay = Some(Box::new((head, bytes)));
+                    fwd.replay = Some(Box::new(Replay {
+                        head,
+                        body: bytes,
+                        _held: Some(held),
+                    }));
                 }
                 fwd.out
                     .headers_mut()
@@ -299,9 +370,9 @@ impl Route {
         if resp.status() == StatusCode::UNAUTHORIZED && self.refresh_on_401 {
             let version = fwd.version;
             match fwd.replay.map(|r| *r) {
-                Some((head, bytes)) => {
+                Some(Replay { head, body, _held }) => {
                     // Boxed: a rare path, kept out of every request's future.
-                    let replay = Box::pin(self.replay_after_401(version, head, bytes));
+                    let replay = Box::pin(self.replay_after_401(version, head, body));
                     if let Some(r) = replay.await {
                         return r;
                     }
@@ -320,6 +391,15 @@ impl Route {
         }
 
         let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+        if switching && !(fwd.upgrade && rewrite::switches_to_websocket(resp.headers())) {
+            // A switch nobody asked for, or to another protocol than WebSocket: no tunnel.
+            self.metrics.upstream_error("protocol");
+            tracing::warn!(route = %self.name, "the upstream switched protocols without a WebSocket handshake to answer; refused");
+            return self.reject(
+                ErrorKind::UpstreamError,
+                "The upstream switched to a protocol the sidecar does not tunnel.",
+            );
+        }
         if let (true, Some(on_upgrade)) = (switching, fwd.on_upgrade) {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
             let route = self.name.clone();

@@ -245,21 +245,73 @@ pub fn is_hop_by_hop_name(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// Whether a request asks to switch protocols (a WebSocket handshake).
+/// What a request's `Upgrade` header asks for, as far as the sidecar lets it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    /// No upgrade: an ordinary request (also one offering `h2c`, which is dropped).
+    None,
+    /// A WebSocket handshake: tunnelled once the upstream answers 101.
+    WebSocket,
+}
+
+/// Why an upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Only a WebSocket upgrade (GET, one `Upgrade: websocket`, `Connection: upgrade`, `Sec-WebSocket-Key` and `Sec-WebSocket-Version`) is forwarded; this request asks for another protocol switch.")]
+pub struct UpgradeRefused;
+
+const SEC_WEBSOCKET_KEY: HeaderName = HeaderName::from_static("sec-websocket-key");
+const SEC_WEBSOCKET_VERSION: HeaderName = HeaderName::from_static("sec-websocket-version");
+const HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
+
+/// Decides what a request's `Upgrade` header may do.
 ///
-/// An offer to upgrade to `h2c` does not count: the upgraded connection would carry further
-/// requests straight to the upstream, past the token injection and every check. Such a request
-/// is forwarded as plain HTTP/1.1, its `Upgrade` header dropped like any hop-by-hop header.
-pub fn is_upgrade(headers: &HeaderMap, version: Version) -> bool {
-    version == Version::HTTP_11
+/// After a protocol switch the connection is a tunnel: bytes go to the upstream with no
+/// further check and no token injection. So only the one switch apps need is let through: a
+/// plain WebSocket handshake. A lone `Upgrade: h2c` (what `curl --http2` offers over
+/// cleartext) is served as the ordinary HTTP/1.1 request it also is, the offer dropped (RFC
+/// 9110 7.8 lets a server ignore it). Anything else that names `Upgrade` (a list, another
+/// protocol, the header twice, a WebSocket handshake missing its parts) is refused: it is
+/// either malformed or an attempt to open a tunnel of another kind.
+pub fn upgrade_of(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+) -> Result<Upgrade, UpgradeRefused> {
+    let mut lines = headers.get_all(header::UPGRADE).iter();
+    let Some(value) = lines.next() else {
+        return Ok(Upgrade::None);
+    };
+    if lines.next().is_some() || version != Version::HTTP_11 {
+        return Err(UpgradeRefused);
+    }
+    let value = value.as_bytes().trim_ascii();
+    if value.eq_ignore_ascii_case(b"h2c") {
+        return Ok(Upgrade::None);
+    }
+    let single = |name: &HeaderName| {
+        let mut values = headers.get_all(name).iter();
+        values.next().is_some_and(|v| !v.as_bytes().trim_ascii().is_empty())
+            && values.next().is_none()
+    };
+    if value.eq_ignore_ascii_case(b"websocket")
+        && method == Method::GET
         && connection_has(headers, "upgrade")
-        && headers
-            .get_all(header::UPGRADE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
-            .any(|p| !p.is_empty() && !p.eq_ignore_ascii_case("h2c"))
+        && single(&SEC_WEBSOCKET_KEY)
+        && single(&SEC_WEBSOCKET_VERSION)
+    {
+        return Ok(Upgrade::WebSocket);
+    }
+    Err(UpgradeRefused)
+}
+
+/// Whether an upstream's 101 answer switches to WebSocket (the only switch the sidecar asks
+/// for): exactly one `Upgrade` header, `websocket`.
+pub fn switches_to_websocket(headers: &HeaderMap) -> bool {
+    let mut lines = headers.get_all(header::UPGRADE).iter();
+    lines
+        .next()
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"))
+        && lines.next().is_none()
 }
 
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
@@ -338,12 +390,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
-/// Prepares the app's headers for the upstream: hop-by-hop headers, `Host` and the app's own
-/// credentials go; the caller then inserts the token header.
+/// Prepares the app's headers for the upstream: hop-by-hop headers, `Host`, the app's own
+/// credentials and a dropped `h2c` offer's settings go; the caller then inserts the token
+/// header.
 pub fn prepare_request_headers(headers: &mut HeaderMap, upgrade: bool) {
     strip_hop_by_hop(headers, upgrade);
     headers.remove(header::HOST);
     headers.remove(header::AUTHORIZATION);
+    if !upgrade {
+        // Only meaningful with `Upgrade: h2c`, which was dropped; usually named in
+        // `Connection` (and so gone already), but not always.
+        headers.remove(HTTP2_SETTINGS);
+    }
 }
 
 /// Total size of a header block as HTTP/2 counts it (name + value + 32 per field).
@@ -465,22 +523,92 @@ mod tests {
         assert_eq!(names, vec!["te", "x-keep"]);
     }
 
-    #[test]
-    fn h2c_is_not_an_upgrade() {
+    fn upgrade(method: Method, pairs: &[(&'static str, &str)]) -> Result<Upgrade, UpgradeRefused> {
         let mut h = HeaderMap::new();
-        h.insert("connection", "Upgrade, HTTP2-Settings".parse().unwrap());
-        h.insert("upgrade", "h2c".parse().unwrap());
-        h.insert(
-            "http2-settings",
-            "AAMAAABkAARAAAAAAAIAAAAA".parse().unwrap(),
-        );
-        assert!(!is_upgrade(&h, Version::HTTP_11));
+        for (k, v) in pairs {
+            h.append(*k, v.parse().unwrap());
+        }
+        upgrade_of(&method, Version::HTTP_11, &h)
+    }
+
+    const WS: [(&str, &str); 4] = [
+        ("connection", "Upgrade"),
+        ("upgrade", "websocket"),
+        ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("sec-websocket-version", "13"),
+    ];
+
+    #[test]
+    fn only_a_plain_websocket_handshake_is_an_upgrade() {
+        assert_eq!(upgrade(Method::GET, &WS), Ok(Upgrade::WebSocket));
+        let mut upper = WS;
+        upper[1] = ("upgrade", "WebSocket");
+        assert_eq!(upgrade(Method::GET, &upper), Ok(Upgrade::WebSocket));
+        assert_eq!(upgrade(Method::GET, &[]), Ok(Upgrade::None));
+        assert_eq!(upgrade(Method::POST, &WS), Err(UpgradeRefused));
+        for missing in 0..WS.len() {
+            if missing == 1 {
+                continue;
+            }
+            let partial: Vec<_> = WS
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != missing)
+                .map(|(_, p)| *p)
+                .collect();
+            assert_eq!(upgrade(Method::GET, &partial), Err(UpgradeRefused), "{partial:?}");
+        }
+        for other in ["h2c, websocket", "websocket, h2c", "foo/1", "websocket/13", "tls/1.2", ""] {
+            let mut h = WS;
+            h[1] = ("upgrade", other);
+            assert_eq!(upgrade(Method::GET, &h), Err(UpgradeRefused), "{other}");
+        }
+        let mut twice = WS.to_vec();
+        twice.push(("upgrade", "websocket"));
+        assert_eq!(upgrade(Method::GET, &twice), Err(UpgradeRefused));
+        let mut with_h2c = WS.to_vec();
+        with_h2c.push(("upgrade", "h2c"));
+        assert_eq!(upgrade(Method::GET, &with_h2c), Err(UpgradeRefused));
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "websocket".parse().unwrap());
+        assert_eq!(upgrade_of(&Method::GET, Version::HTTP_10, &h), Err(UpgradeRefused));
+        assert_eq!(upgrade_of(&Method::GET, Version::HTTP_2, &h), Err(UpgradeRefused));
+    }
+
+    #[test]
+    fn a_lone_h2c_offer_is_dropped() {
+        let offer = [
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+            ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+        ];
+        assert_eq!(upgrade(Method::GET, &offer), Ok(Upgrade::None));
+        assert_eq!(upgrade(Method::POST, &[("upgrade", "H2C")]), Ok(Upgrade::None));
+        let mut h = HeaderMap::new();
+        for (k, v) in offer {
+            h.append(k, v.parse().unwrap());
+        }
         prepare_request_headers(&mut h, false);
         assert!(h.is_empty(), "{h:?}");
-        h.insert("connection", "upgrade".parse().unwrap());
+        // HTTP2-Settings goes even when `Connection` does not name it.
+        let mut h = HeaderMap::new();
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert("http2-settings", "AAMAAABk".parse().unwrap());
+        prepare_request_headers(&mut h, false);
+        assert!(h.is_empty(), "{h:?}");
+    }
+
+    #[test]
+    fn an_upstream_switch_must_be_to_websocket() {
+        let mut h = HeaderMap::new();
+        assert!(!switches_to_websocket(&h));
         h.insert("upgrade", "websocket".parse().unwrap());
-        assert!(is_upgrade(&h, Version::HTTP_11));
-        assert!(!is_upgrade(&h, Version::HTTP_10));
+        assert!(switches_to_websocket(&h));
+        h.insert("upgrade", "h2c".parse().unwrap());
+        assert!(!switches_to_websocket(&h));
+        h.insert("upgrade", "websocket".parse().unwrap());
+        h.append("upgrade", "websocket".parse().unwrap());
+        assert!(!switches_to_websocket(&h));
     }
 
     #[test]
@@ -488,7 +616,6 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("connection", "keep-alive, Upgrade".parse().unwrap());
         h.insert("upgrade", "websocket".parse().unwrap());
-        assert!(is_upgrade(&h, Version::HTTP_11));
         prepare_request_headers(&mut h, true);
         assert_eq!(h["upgrade"], "websocket");
         assert_eq!(h["connection"], "upgrade");

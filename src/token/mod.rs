@@ -24,6 +24,20 @@ use tokio::sync::watch;
 
 use crate::secret::Secret;
 
+/// Versions are whole numbers below 2^63 (a signed 64-bit integer in Redis, exact in every
+/// place that compares them); a version at or past this cannot be followed by a newer one.
+pub const MAX_VERSION: u64 = i64::MAX as u64;
+
+/// A fingerprint of a refresh token: enough to recognise it, useless to anyone who reads it
+/// (128 bits of SHA-256, URL-safe base64). Spent refresh tokens are remembered by these.
+pub fn fingerprint(token: &Secret) -> String {
+    use base64::Engine;
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+    ctx.update(b"token-sidecar refresh token\0");
+    ctx.update(token.expose().as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&ctx.finish().as_ref()[..16])
+}
+
 /// What a source hands to [`TokenStore::publish`].
 #[derive(Debug, Clone)]
 pub struct NewToken {
@@ -105,6 +119,9 @@ pub enum PublishError {
     /// The token is empty.
     #[error("the token is empty")]
     Empty,
+    /// No newer version can follow the current one.
+    #[error("no newer token version is possible")]
+    VersionsExhausted,
 }
 
 /// Result of the last attempt to obtain a token, for `/token-info` and `/readyz`.
@@ -127,6 +144,9 @@ pub struct TokenStore {
     name: Arc<str>,
     prefixes: Box<[String]>,
     current: ArcSwapOption<Token>,
+    /// Held while a token is published, so that the version check and the store are one step
+    /// (publishing is rare; readers never take it).
+    publishing: Mutex<()>,
     next_version: AtomicU64,
     status: Mutex<RefreshStatus>,
     version_tx: watch::Sender<u64>,
@@ -155,6 +175,7 @@ impl TokenStore {
             name: name.into(),
             prefixes: prefixes.into_boxed_slice(),
             current: ArcSwapOption::empty(),
+            publishing: Mutex::new(()),
             next_version: AtomicU64::new(1),
             status: Mutex::new(RefreshStatus::default()),
             version_tx: watch::channel(0).0,
@@ -190,35 +211,45 @@ impl TokenStore {
 
     /// Publishes a new token with the next version and returns that version.
     pub fn publish(&self, token: NewToken) -> Result<u64, PublishError> {
-        self.publish_inner(token, None)
+        self.publish_inner(token, None)?
+            .ok_or(PublishError::VersionsExhausted)
     }
 
     /// Publishes a token with a version chosen elsewhere (a shared store, a state file). The
-    /// version must be newer than the current one; otherwise nothing changes and `Ok(None)` is
-    /// returned.
+    /// version must be newer than the current one (and below [`MAX_VERSION`]); otherwise
+    /// nothing changes and `Ok(None)` is returned. Versions only move forward, also when
+    /// several tasks publish at once.
     pub fn publish_versioned(
         &self,
         token: NewToken,
         version: u64,
     ) -> Result<Option<u64>, PublishError> {
-        if version <= self.version() {
-            return Ok(None);
-        }
-        self.publish_inner(token, Some(version)).map(Some)
+        self.publish_inner(token, Some(version))
     }
 
-    fn publish_inner(&self, token: NewToken, version: Option<u64>) -> Result<u64, PublishError> {
+    fn publish_inner(
+        &self,
+        token: NewToken,
+        version: Option<u64>,
+    ) -> Result<Option<u64>, PublishError> {
+        let _publishing = self.publishing.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(v) = version {
+            if v <= self.version() || v >= MAX_VERSION {
+                return Ok(None);
+            }
+        }
         let value = token.access_token.expose();
         if value.is_empty() {
             return Err(PublishError::Empty);
         }
         let mut headers = Vec::with_capacity(self.prefixes.len());
         for prefix in self.prefixes.iter() {
-            let mut rendered = String::with_capacity(prefix.len() + value.len());
-            rendered.push_str(prefix);
-            rendered.push_str(value);
-            let mut hv =
-                HeaderValue::try_from(rendered).map_err(|_| PublishError::InvalidHeaderValue)?;
+            let mut rendered = Vec::with_capacity(prefix.len() + value.len());
+            rendered.extend_from_slice(prefix.as_bytes());
+            rendered.extend_from_slice(value.as_bytes());
+            // Wiped from memory once the last request using this token is done with it.
+            let mut hv = HeaderValue::from_maybe_shared(crate::secret::zeroizing_bytes(rendered))
+                .map_err(|_| PublishError::InvalidHeaderValue)?;
             hv.set_sensitive(true);
             headers.push(hv);
         }
@@ -227,7 +258,14 @@ impl TokenStore {
                 self.next_version.fetch_max(v + 1, Ordering::AcqRel);
                 v
             }
-            None => self.next_version.fetch_add(1, Ordering::AcqRel),
+            None => {
+                let v = self.next_version.load(Ordering::Acquire).max(self.version() + 1);
+                if v >= MAX_VERSION {
+                    return Ok(None);
+                }
+                self.next_version.store(v + 1, Ordering::Release);
+                v
+            }
         };
         let deadline = token.expires_at.map(|exp| {
             let left = exp
@@ -250,7 +288,7 @@ impl TokenStore {
             expires_at = token.expires_at.map(unix_seconds),
             "token updated"
         );
-        Ok(version)
+        Ok(Some(version))
     }
 
     /// Seconds an app should wait before retrying when no valid token is held.
@@ -441,6 +479,14 @@ pub enum RefreshError {
     /// The source could not provide a token; the message never holds one.
     #[error("{0}")]
     Failed(String),
+    /// Too soon after the last one, or the token request budget is spent: nothing was sent.
+    #[error("{message}")]
+    Throttled {
+        /// Why.
+        message: String,
+        /// When to ask again.
+        retry_after: Duration,
+    },
 }
 
 impl Profile {
@@ -459,11 +505,21 @@ impl Profile {
                     _ => Ok(()),
                 }
             }
-            Source::OAuth(r) => r
-                .refresh(trigger, None)
-                .await
-                .map(|_| ())
-                .map_err(|e| RefreshError::Failed(e.to_string())),
+            Source::OAuth(r) => {
+                let result = if trigger == Trigger::Manual {
+                    r.refresh_manual().await
+                } else {
+                    r.refresh(trigger, None).await
+                };
+                result.map(|_| ()).map_err(|e| match e {
+                    refresher::RefreshFailure::Throttled(d)
+                    | refresher::RefreshFailure::OverBudget(d) => RefreshError::Throttled {
+                        message: e.to_string(),
+                        retry_after: d,
+                    },
+                    e => RefreshError::Failed(e.to_string()),
+                })
+            }
         }
     }
 

@@ -16,14 +16,20 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde_json::Value;
 
+use zeroize::{Zeroize, Zeroizing};
+
 use crate::config::{ClientAuth, Grant, TokenConfig};
-use crate::secret::{Secret, SecretError, SecretSource};
+use crate::secret::{zeroizing_bytes, Secret, SecretError, SecretSource};
 
 /// RFC 7523's grant type.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// Token responses larger than this are refused (a token set is a few kilobytes).
-pub const MAX_RESPONSE_BYTES: usize = 256 * 1024;
+pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Access and refresh tokens longer than this are refused: a token is sent with every request
+/// and persisted, and no issuer's tokens come near this size.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 /// A token set from a successful token response (RFC 6749 5.1).
 #[derive(Debug, Clone)]
@@ -153,8 +159,13 @@ pub enum GrantRequest<'a> {
     Refresh(&'a Secret),
 }
 
-/// Form fields of a token request (secrets included).
-type FormFields = Vec<(&'static str, String)>;
+/// Form fields of a token request (secrets included: wiped when dropped).
+type FormFields = Vec<(&'static str, Zeroizing<String>)>;
+
+/// A form value that is wiped when dropped.
+fn z(s: impl Into<String>) -> Zeroizing<String> {
+    Zeroizing::new(s.into())
+}
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -206,28 +217,28 @@ impl OAuthClient {
 
     /// The form fields of a request (secrets included: never log the result).
     fn form(&self, grant: &GrantRequest<'_>) -> Result<(FormFields, bool), OAuthError> {
-        let mut fields: Vec<(&'static str, String)> = Vec::new();
+        let mut fields: FormFields = Vec::new();
         match grant {
             GrantRequest::Refresh(rt) => {
-                fields.push(("grant_type", "refresh_token".into()));
-                fields.push(("refresh_token", rt.expose().to_owned()));
+                fields.push(("grant_type", z("refresh_token")));
+                fields.push(("refresh_token", z(rt.expose().to_owned())));
             }
             GrantRequest::Primary => match &self.cfg.grant {
                 Grant::ClientCredentials => {
-                    fields.push(("grant_type", "client_credentials".into()))
+                    fields.push(("grant_type", z("client_credentials")))
                 }
                 Grant::JwtBearer { assertion } => {
-                    fields.push(("grant_type", JWT_BEARER.into()));
-                    fields.push(("assertion", assertion.load()?.expose().to_owned()));
+                    fields.push(("grant_type", z(JWT_BEARER)));
+                    fields.push(("assertion", z(assertion.load()?.expose().to_owned())));
                 }
                 Grant::RefreshToken { refresh_token } => {
-                    fields.push(("grant_type", "refresh_token".into()));
-                    fields.push(("refresh_token", refresh_token.load()?.expose().to_owned()));
+                    fields.push(("grant_type", z("refresh_token")));
+                    fields.push(("refresh_token", z(refresh_token.load()?.expose().to_owned())));
                 }
                 Grant::Password { username, password } => {
-                    fields.push(("grant_type", "password".into()));
-                    fields.push(("username", username.clone()));
-                    fields.push(("password", password.load()?.expose().to_owned()));
+                    fields.push(("grant_type", z("password")));
+                    fields.push(("username", z(username.clone())));
+                    fields.push(("password", z(password.load()?.expose().to_owned())));
                 }
                 Grant::File { .. } | Grant::Static { .. } => {
                     return Err(OAuthError::Credentials(
@@ -239,7 +250,7 @@ impl OAuthClient {
         if let Some(scope) = &self.cfg.scope {
             // RFC 6749 6: a refresh may narrow the scope but need not repeat it.
             if matches!(grant, GrantRequest::Primary) {
-                fields.push(("scope", scope.clone()));
+                fields.push(("scope", z(scope.clone())));
             }
         }
         let secret = self
@@ -251,10 +262,10 @@ impl OAuthClient {
         let use_basic = self.cfg.client_auth == ClientAuth::Basic && secret.is_some();
         if !use_basic {
             if let Some(id) = &self.cfg.client_id {
-                fields.push(("client_id", id.clone()));
+                fields.push(("client_id", z(id.clone())));
             }
             if let Some(s) = &secret {
-                fields.push(("client_secret", s.expose().to_owned()));
+                fields.push(("client_secret", z(s.expose().to_owned())));
             }
         }
         Ok((fields, use_basic))
@@ -265,21 +276,23 @@ impl OAuthClient {
         let (fields, use_basic) = self.form(&grant)?;
         // Every credential this request carries, to scrub from whatever the server answers: some
         // servers echo the submitted form in their error descriptions.
-        let mut sent_secrets: Vec<String> = fields
+        let mut sent_secrets: Vec<Zeroizing<String>> = fields
             .iter()
             .filter(|(k, _)| SECRET_FIELDS.contains(k))
             .map(|(_, v)| v.clone())
             .collect();
-        let body = {
-            let mut ser = form_urlencoded::Serializer::new(String::new());
+        let mut body = Zeroizing::new(String::new());
+        {
+            let mut ser = form_urlencoded::Serializer::new(&mut *body);
             for (k, v) in &fields {
                 ser.append_pair(k, v);
             }
             for (k, v) in &self.cfg.params {
                 ser.append_pair(k, v);
             }
-            ser.finish()
-        };
+            ser.finish();
+        }
+        let body = zeroizing_bytes(std::mem::take(&mut *body).into_bytes());
         let mut req = Request::builder()
             .method(Method::POST)
             .uri(self.token_url.clone())
@@ -289,7 +302,7 @@ impl OAuthClient {
                 header::USER_AGENT,
                 concat!("token-sidecar/", env!("CARGO_PKG_VERSION")),
             )
-            .body(Full::new(Bytes::from(body)))
+            .body(Full::new(body))
             .map_err(|e| OAuthError::Transport(e.to_string()))?;
         if use_basic {
             let id = self.cfg.client_id.as_deref().unwrap_or_default();
@@ -298,19 +311,16 @@ impl OAuthClient {
                 .client_secret
                 .as_ref()
                 .map(SecretSource::load)
-                .transpose()?
-                .map(|s| s.expose().to_owned())
-                .unwrap_or_default();
+                .transpose()?;
+            let secret = z(secret.as_ref().map(Secret::expose).unwrap_or_default());
             // RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
-            let enc = |s: &str| form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            let creds = base64::engine::general_purpose::STANDARD.encode(format!(
-                "{}:{}",
-                enc(id),
-                enc(&secret)
-            ));
-            sent_secrets.push(secret.clone());
-            sent_secrets.push(creds.clone());
-            let mut hv = HeaderValue::from_str(&format!("Basic {creds}")).map_err(|_| {
+            let enc = |s: &str| z(form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>());
+            let pair = z(format!("{}:{}", *enc(id), *enc(&secret)));
+            let creds = z(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
+            let header = zeroizing_bytes(format!("Basic {}", *creds).into_bytes());
+            sent_secrets.push(secret);
+            sent_secrets.push(creds);
+            let mut hv = HeaderValue::from_maybe_shared(header).map_err(|_| {
                 OAuthError::Credentials("client credentials hold invalid characters".into())
             })?;
             hv.set_sensitive(true);
@@ -352,7 +362,7 @@ impl OAuthClient {
                 .to_bytes();
             Ok::<_, OAuthError>((status, retry_after, json_ct, body))
         };
-        let (status, retry_after, _json_ct, body) = tokio::time::timeout(timeout, exchange)
+        let (status, retry_after, json_ct, body) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| {
                 OAuthError::Transport(format!(
@@ -362,6 +372,12 @@ impl OAuthClient {
             })??;
         if status == StatusCode::OK {
             return parse_success(&body, started, self.cfg.default_lifetime)
+                .map_err(|e| match e {
+                    OAuthError::Malformed(m) if !json_ct => {
+                        OAuthError::Malformed(format!("{m}; the content type is not JSON"))
+                    }
+                    e => e,
+                })
                 .map_err(|e| e.scrub(&sent_secrets));
         }
         if status == StatusCode::TOO_MANY_REQUESTS || status == StatusCode::SERVICE_UNAVAILABLE {
@@ -378,11 +394,11 @@ impl OAuthClient {
 const SECRET_FIELDS: [&str; 4] = ["assertion", "refresh_token", "password", "client_secret"];
 
 /// Replaces every occurrence of each secret (as sent, and form-encoded) in `text`.
-fn scrub_text(text: &str, secrets: &[String]) -> String {
+fn scrub_text<S: AsRef<str>>(text: &str, secrets: &[S]) -> String {
     let mut out = text.to_owned();
-    for secret in secrets.iter().filter(|s| s.len() >= 4) {
+    for secret in secrets.iter().map(AsRef::as_ref).filter(|s| s.len() >= 4) {
         let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        for form in [secret.as_str(), encoded.as_str()] {
+        for form in [secret, encoded.as_str()] {
             if out.contains(form) {
                 out = out.replace(form, "<redacted>");
             }
@@ -393,7 +409,7 @@ fn scrub_text(text: &str, secrets: &[String]) -> String {
 
 impl OAuthError {
     /// The same error with every given credential removed from its texts.
-    pub fn scrub(self, secrets: &[String]) -> Self {
+    pub fn scrub<S: AsRef<str>>(self, secrets: &[S]) -> Self {
         let s = |t: String| scrub_text(&t, secrets);
         match self {
             OAuthError::Endpoint {
@@ -452,7 +468,7 @@ pub fn parse_success(
     obtained_at: SystemTime,
     default_lifetime: Duration,
 ) -> Result<TokenSet, OAuthError> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| {
+    let mut v: Value = serde_json::from_slice(body).map_err(|_| {
         OAuthError::Malformed(format!(
             "not JSON ({} bytes{})",
             body.len(),
@@ -463,6 +479,27 @@ pub fn parse_success(
             }
         ))
     })?;
+    let parsed = parse_fields(&v, obtained_at, default_lifetime);
+    // The parsed copy held the tokens: wipe it.
+    wipe_json(&mut v);
+    parsed
+}
+
+/// Overwrites every string of a JSON value with zeros.
+fn wipe_json(v: &mut Value) {
+    match v {
+        Value::String(s) => s.zeroize(),
+        Value::Array(items) => items.iter_mut().for_each(wipe_json),
+        Value::Object(map) => map.values_mut().for_each(wipe_json),
+        _ => {}
+    }
+}
+
+fn parse_fields(
+    v: &Value,
+    obtained_at: SystemTime,
+    default_lifetime: Duration,
+) -> Result<TokenSet, OAuthError> {
     let obj = v
         .as_object()
         .ok_or_else(|| OAuthError::Malformed("not a JSON object".into()))?;
@@ -480,6 +517,11 @@ pub fn parse_success(
         Some(_) => return Err(OAuthError::Malformed("access_token is not a string".into())),
         None => return Err(OAuthError::Malformed("no access_token".into())),
     };
+    if access_token.len() > MAX_TOKEN_BYTES {
+        return Err(OAuthError::Malformed(format!(
+            "access_token is longer than {MAX_TOKEN_BYTES} bytes"
+        )));
+    }
     if HeaderValue::from_str(&access_token).is_err() {
         return Err(OAuthError::Malformed(
             "access_token holds characters not allowed in a header".into(),
@@ -504,6 +546,11 @@ pub fn parse_success(
     };
     let refresh_token = match obj.get("refresh_token") {
         None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() > MAX_TOKEN_BYTES => {
+            return Err(OAuthError::Malformed(format!(
+                "refresh_token is longer than {MAX_TOKEN_BYTES} bytes"
+            )))
+        }
         Some(Value::String(s)) if !s.is_empty() => Some(Secret::new(s.clone())),
         Some(_) => {
             return Err(OAuthError::Malformed(

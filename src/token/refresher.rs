@@ -1,12 +1,15 @@
 //! Keeps an OAuth2 profile's token fresh: the timed refresh before expiry, single-flight
-//! refreshes on demand (401, manual), refresh-token rotation, failure backoff and the state
-//! file.
+//! refreshes on demand (401, manual), refresh-token rotation, failure backoff, the token
+//! request budget and the state file.
 //!
 //! Every token request of a profile happens under one async mutex, so refreshes are
-//! single-flight and a rotated refresh token is always the newest one: a refresh token that
-//! has been exchanged successfully is replaced before the lock is released and is never sent
-//! again.
+//! single-flight and a rotated refresh token is always the newest one. A refresh token that
+//! has been exchanged (or rejected) is remembered by its fingerprint, in memory, in the state
+//! file and in the shared entry, and is never sent again. Every token request first takes a
+//! place in the profile's budget (`--token-request-budget`, all replicas together when
+//! shared): whatever fails, whatever Redis holds, the token endpoint never sees more.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,12 +18,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Grant, SharedConfig, TokenConfig};
 use crate::metrics::Metrics;
+use crate::ratelimit::SlidingWindow;
 use crate::secret::Secret;
 use crate::token::oauth::{FailureClass, GrantRequest, OAuthClient, OAuthError, TokenSet};
 use crate::token::schedule::{backoff, refresh_delay};
-use crate::token::shared::{SharedError, SharedSet, SharedStore};
-use crate::token::state::{self, State};
-use crate::token::{unix_seconds, NewToken, TokenStore, Trigger};
+use crate::token::shared::{Entry, Rejected, SharedError, SharedSet, SharedStore};
+use crate::token::state::{self, State, MAX_SPENT};
+use crate::token::{fingerprint, unix_seconds, NewToken, TokenStore, Trigger, MAX_VERSION};
 
 /// First retry delay after a transient failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -32,6 +36,8 @@ pub const BACKOFF_FLOOR: Duration = Duration::from_millis(250);
 pub const REJECTED_RETRY: Duration = Duration::from_secs(300);
 /// Wait after a 429 without `Retry-After` (RingCentral's advice).
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// Reads of the shared store prompted by notifications are at least this far apart.
+const NOTIFIED_READ_GAP: Duration = Duration::from_millis(100);
 
 /// Why a refresh did not produce a token.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,15 +56,33 @@ pub enum RefreshFailure {
          (fix the secret files, then POST /refresh to retry now)"
     )]
     Rejected(u64),
-    /// A 401-triggered refresh came sooner than `min_refresh_interval` after the last one.
+    /// A 401-triggered refresh came sooner than `min_refresh_interval` after the last one (of
+    /// any replica, when shared).
     #[error("a refresh after a 401 happened less than min_refresh_interval ago")]
     TooSoon,
+    /// A manual refresh came sooner than `min_refresh_interval` after the last one.
+    #[error("a manual refresh happened less than min_refresh_interval ago; retry in {}s", .0.as_secs().max(1))]
+    Throttled(Duration),
+    /// The profile's token request budget is spent: no request before the wait is over.
+    #[error("the token request budget is spent; the next token request is possible in {}s", .0.as_secs().max(1))]
+    OverBudget(Duration),
     /// Another replica holds the shared refresh lock and published nothing newer in time.
     #[error("another replica is refreshing (shared lock busy)")]
     LockBusy,
     /// The shared store is unreachable: no refresh without it (see the README).
     #[error(transparent)]
     Shared(#[from] SharedError),
+}
+
+impl RefreshFailure {
+    /// How long an app or operator should wait before asking again, when that is known.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            RefreshFailure::Throttled(d) | RefreshFailure::OverBudget(d) => Some(*d),
+            RefreshFailure::Waiting(s) => Some(Duration::from_secs(*s)),
+            _ => None,
+        }
+    }
 }
 
 /// Why token requests are on hold.
@@ -73,8 +97,10 @@ enum Hold {
 struct Inner {
     refresh_token: Option<Secret>,
     refresh_expires_at: Option<SystemTime>,
-    /// The bootstrap refresh token once exchanged: never presented again.
-    spent_bootstrap: Option<Secret>,
+    /// Fingerprints of refresh tokens exchanged or rejected, oldest first: never sent again.
+    spent: VecDeque<String>,
+    /// A fingerprint was added since the state file was last written.
+    spent_unsaved: bool,
     failures: u32,
     /// No token request before this: the server asked to wait, or rejected the credentials.
     not_before: Option<(Instant, Hold)>,
@@ -85,6 +111,14 @@ struct Inner {
     last_unauthorized: Option<Instant>,
     /// A token set obtained while the shared store was unreachable, still to be written.
     pending_write: Option<State>,
+    /// This replica's own count of token requests (the shared count is in Redis).
+    budget: SlidingWindow,
+}
+
+/// The outcome of the last manual refresh, shared with the calls that waited for it.
+struct Manual {
+    finished: Instant,
+    result: Result<u64, RefreshFailure>,
 }
 
 /// The refresher of one OAuth2 token profile.
@@ -95,6 +129,8 @@ pub struct Refresher {
     cfg: TokenConfig,
     metrics: Metrics,
     inner: tokio::sync::Mutex<Inner>,
+    /// Manual refreshes: one at a time, coalesced, at most one per `min_refresh_interval`.
+    manual: tokio::sync::Mutex<Option<Manual>>,
     reschedule: Notify,
     /// Identifies the configuration a state file belongs to.
     profile_key: String,
@@ -104,8 +140,6 @@ pub struct Refresher {
     shared: Option<SharedStore>,
     /// The replica that obtained the current token (shared mode).
     refreshed_by: std::sync::Mutex<Option<String>>,
-    /// Whether a foreign set in the shared store has been reported (once).
-    foreign_warned: std::sync::atomic::AtomicBool,
     /// Why the last write of the state file failed (`None` after a successful one).
     state_file_error: std::sync::Mutex<Option<String>>,
 }
@@ -120,6 +154,17 @@ impl std::fmt::Debug for Refresher {
 
 fn jitter() -> f64 {
     rand::random::<f64>()
+}
+
+/// The version after the newest of `known`, when one is possible.
+fn next_version(known: &[u64]) -> Option<u64> {
+    known
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0)
+        .checked_add(1)
+        .filter(|v| *v < MAX_VERSION)
 }
 
 impl Refresher {
@@ -142,7 +187,7 @@ impl Refresher {
         // token requests (a refresh, then the primary grant) plus the Redis writes.
         let lock_ttl = cfg.request_timeout * 2 + Duration::from_secs(5);
         let shared = shared
-            .map(|sc| SharedStore::new(sc, &cfg.name, lock_ttl, metrics.clone()))
+            .map(|sc| SharedStore::new(sc, &cfg.name, &profile_key, lock_ttl, metrics.clone()))
             .transpose()
             .map_err(|e| e.to_string())?;
         Ok(Refresher {
@@ -154,21 +199,23 @@ impl Refresher {
             inner: tokio::sync::Mutex::new(Inner {
                 refresh_token: None,
                 refresh_expires_at: None,
-                spent_bootstrap: None,
+                spent: VecDeque::new(),
+                spent_unsaved: false,
                 failures: 0,
                 not_before: None,
                 next_attempt: Instant::now(),
                 version_floor: 0,
                 last_unauthorized: None,
                 pending_write: None,
+                budget: SlidingWindow::new(cfg.request_budget),
             }),
+            manual: tokio::sync::Mutex::new(None),
             reschedule: Notify::new(),
             profile_key,
             next_attempt_unix: std::sync::atomic::AtomicU64::new(0),
             rt_snapshot: std::sync::Mutex::new((false, None)),
             shared,
             refreshed_by: std::sync::Mutex::new(None),
-            foreign_warned: std::sync::atomic::AtomicBool::new(false),
             state_file_error: std::sync::Mutex::new(None),
         })
     }
@@ -220,9 +267,24 @@ impl Refresher {
         published
     }
 
-    /// Takes over a token set obtained elsewhere (state file, shared store): its refresh token,
-    /// and its access token when newer and unexpired. Returns whether it was published.
+    /// Remembers that a refresh token must never be sent again.
+    fn mark_spent(inner: &mut Inner, fp: String) {
+        if !inner.spent.contains(&fp) {
+            inner.spent_unsaved = true;
+            inner.spent.push_back(fp);
+            while inner.spent.len() > MAX_SPENT {
+                inner.spent.pop_front();
+            }
+        }
+    }
+
+    /// Takes over a token set obtained elsewhere (state file, shared store): its spent refresh
+    /// tokens, its refresh token unless spent, and its access token when newer and unexpired.
+    /// Returns whether it was published.
     fn adopt(&self, inner: &mut Inner, st: &State, refreshed_by: Option<&str>) -> bool {
+        for fp in &st.spent_refresh_tokens {
+            Self::mark_spent(inner, fp.clone());
+        }
         let set = st.token_set();
         let now = SystemTime::now();
         // The newest set known, published or not: a state file's whose access token expired
@@ -233,7 +295,11 @@ impl Refresher {
         if st.version < newest {
             return false;
         }
-        if set.refresh_expires_at.is_none_or(|e| e > now) {
+        let rt_usable = set
+            .refresh_token
+            .as_ref()
+            .is_some_and(|rt| !inner.spent.contains(&fingerprint(rt)));
+        if set.refresh_expires_at.is_none_or(|e| e > now) && (rt_usable || set.refresh_token.is_none()) {
             inner.refresh_token = set.refresh_token.clone();
             inner.refresh_expires_at = set.refresh_expires_at;
         }
@@ -256,7 +322,7 @@ impl Refresher {
                     .unwrap_or(Duration::ZERO);
                 inner.failures = 0;
                 inner.not_before = None;
-                self.set_next_attempt(inner, Instant::now() + wait);
+                self.set_next_attempt(inner, Instant::now() + wait.max(BACKOFF_FLOOR));
                 self.store.set_retry_after(1);
                 if let Some(by) = refreshed_by {
                     *self.refreshed_by.lock().unwrap_or_else(|e| e.into_inner()) =
@@ -272,11 +338,10 @@ impl Refresher {
         }
     }
 
-    /// Adopts a set read from the shared store, counting it as a `shared` refresh.
+    /// Adopts a set read from the shared store (already checked by the store: sealed when a
+    /// key is configured, well-formed, of this configuration), counting it as a `shared`
+    /// refresh.
     fn adopt_shared(&self, inner: &mut Inner, remote: &SharedSet) -> bool {
-        if !self.is_ours(remote) {
-            return false;
-        }
         let published = self.adopt(inner, &remote.state, Some(&remote.refreshed_by));
         if published {
             self.metrics
@@ -289,21 +354,6 @@ impl Refresher {
             tracing::debug!(token = %self.name, version = remote.state.version, refreshed_by = %remote.refreshed_by, "adopted the shared token");
         }
         published
-    }
-
-    /// Whether a set read from the shared store belongs to this configuration (token URL,
-    /// client, grant). Another deployment sharing the Redis and the profile name writes under
-    /// the same key: its tokens are for another app or user, and are never used here.
-    fn is_ours(&self, remote: &SharedSet) -> bool {
-        let ours = remote.state.profile == self.profile_key;
-        if !ours
-            && !self
-                .foreign_warned
-                .swap(true, std::sync::atomic::Ordering::Relaxed)
-        {
-            tracing::warn!(token = %self.name, version = remote.state.version, refreshed_by = %remote.refreshed_by, "the shared store holds a token set of another token endpoint, client or grant under this profile's key; ignoring it (give each deployment its own [shared] key_prefix)");
-        }
-        ours
     }
 
     /// Plans the timed refresh of `st` (a set that is not due yet) at its jittered due time.
@@ -350,6 +400,28 @@ impl Refresher {
         self.refresh_locked(&mut inner, trigger, seen_version).await
     }
 
+    /// A manual refresh (`POST /refresh`): calls that arrive while one runs share its result;
+    /// one sooner than `min_refresh_interval` after the last is refused with the time to wait.
+    pub async fn refresh_manual(&self) -> Result<u64, RefreshFailure> {
+        let arrived = Instant::now();
+        let mut last = self.manual.lock().await;
+        if let Some(m) = last.as_ref() {
+            if m.finished >= arrived {
+                return m.result.clone();
+            }
+            let next = m.finished + self.cfg.min_refresh_interval;
+            if arrived < next {
+                return Err(RefreshFailure::Throttled(next - arrived));
+            }
+        }
+        let result = self.refresh(Trigger::Manual, None).await;
+        *last = Some(Manual {
+            finished: Instant::now(),
+            result: result.clone(),
+        });
+        result
+    }
+
     async fn refresh_locked(
         &self,
         inner: &mut Inner,
@@ -383,14 +455,23 @@ impl Refresher {
         if self.shared.is_some() {
             return self.refresh_shared(inner, trigger, seen_version).await;
         }
-        let version = self.store.version().max(inner.version_floor) + 1;
+        let Some(version) = next_version(&[self.store.version(), inner.version_floor]) else {
+            return Err(self.versions_exhausted(inner));
+        };
         match self.obtain(inner).await {
             Ok(set) => Ok(self.commit(inner, trigger, set, version)),
-            Err(e) => {
-                self.fail(inner, trigger, &e);
-                Err(e.into())
-            }
+            Err(e) => Err(self.failed(inner, trigger, e)),
         }
+    }
+
+    /// No newer version can follow the newest known one: only a state file or shared entry
+    /// written by someone else can get there. Nothing is requested; the current token is kept.
+    fn versions_exhausted(&self, inner: &mut Inner) -> RefreshFailure {
+        tracing::error!(token = %self.name, "the token versions are exhausted (a state file or shared entry claimed a version no newer one can follow); remove it, and seal shared entries with --shared-key-file");
+        self.set_next_attempt(inner, Instant::now() + REJECTED_RETRY);
+        RefreshFailure::OAuth(OAuthError::Credentials(
+            "no newer token version is possible".into(),
+        ))
     }
 
     /// Without a shared store, another process may refresh through the state file (the
@@ -483,7 +564,9 @@ impl Refresher {
             Ok(r) => r,
             Err(e) => return self.shared_unavailable(inner, trigger, e).await,
         };
-        if let Some(r) = remote.as_ref().filter(|r| self.is_ours(r)) {
+        let mut seen_remote = 0;
+        if let Entry::Set(r) = &remote {
+            seen_remote = r.state.version;
             self.adopt_shared(inner, r);
             if let Some(v) = self.answered(inner, r, seen_version, force) {
                 return Ok(v);
@@ -495,11 +578,7 @@ impl Refresher {
         }
         match shared.try_lock().await {
             Ok(true) => {}
-            Ok(false) => {
-                return self
-                    .wait_for_holder(inner, shared, remote.map_or(0, |r| r.state.version))
-                    .await
-            }
+            Ok(false) => return self.wait_for_holder(inner, shared, seen_remote).await,
             Err(e) => return self.shared_unavailable(inner, trigger, e).await,
         }
         let result = self
@@ -524,29 +603,34 @@ impl Refresher {
             Ok(r) => r,
             Err(e) => return self.shared_unavailable(inner, trigger, e).await,
         };
-        // A foreign set's version still fences the write.
-        let remote_version = remote.as_ref().map_or(0, |r| r.state.version);
-        if let Some(r) = remote.as_ref().filter(|r| self.is_ours(r)) {
-            self.adopt_shared(inner, r);
-            if let Some(v) = self.answered(inner, r, seen_version, force) {
-                return Ok(v);
+        let (remote_version, replacing): (u64, Option<Rejected>) = match &remote {
+            Entry::None => (0, None),
+            Entry::Set(r) => {
+                self.adopt_shared(inner, r);
+                if let Some(v) = self.answered(inner, r, seen_version, force) {
+                    return Ok(v);
+                }
+                (r.state.version, None)
             }
-        }
-        let version = remote_version
-            .max(self.store.version())
-            .max(inner.version_floor)
-            + 1;
+            // Never used, never a fence: replaced by what this refresh obtains, if it is still
+            // the entry that was judged when the write comes.
+            Entry::Rejected(rejected) => (0, Some(rejected.clone())),
+        };
+        let Some(version) = next_version(&[remote_version, self.store.version(), inner.version_floor])
+        else {
+            return Err(self.versions_exhausted(inner));
+        };
         let set = match self.obtain(inner).await {
             Ok(set) => set,
             Err(e) => {
-                self.fail(inner, trigger, &e);
+                let failure = self.failed(inner, trigger, e);
                 if let Some((until, Hold::RetryAfter)) = inner.not_before {
                     let wait = until.saturating_duration_since(Instant::now());
                     if let Err(e) = shared.hold(wait).await {
                         tracing::debug!(token = %self.name, error = %e, "the wait could not be shared");
                     }
                 }
-                return Err(e.into());
+                return Err(failure);
             }
         };
         let mut to_store = set.clone();
@@ -554,31 +638,40 @@ impl Refresher {
             to_store.refresh_token = inner.refresh_token.clone();
             to_store.refresh_expires_at = inner.refresh_expires_at;
         }
-        let state = State::new(&self.profile_key, version, &to_store);
+        let state = self.state_of(inner, version, &to_store);
         let _ = shared.extend().await;
         // The new refresh token reaches Redis before the new access token is used anywhere.
-        match shared.write(state).await {
+        match shared.write(state, replacing.as_ref()).await {
             Ok(true) => {
                 *self.refreshed_by.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(shared.replica().to_owned());
                 Ok(self.commit(inner, trigger, set, version))
             }
             Ok(false) => {
-                tracing::warn!(token = %self.name, version, "a newer token was written by another replica meanwhile; using it instead");
-                match shared.read().await {
-                    Ok(Some(r)) => {
-                        self.adopt_shared(inner, &r);
-                        Ok(self.store.version())
+                // Another replica wrote a newer set meanwhile (a lock that expired under one
+                // of us). Its set is the newest: use it. When it cannot be used, keep the set
+                // this request obtained rather than waste it, and plan as for any new token.
+                tracing::warn!(token = %self.name, version, "the write to the shared store was fenced off by a newer set; using that one");
+                if let Ok(Entry::Set(r)) = shared.read().await {
+                    if self.adopt_shared(inner, &r) || self.store.version() >= r.state.version {
+                        return Ok(self.store.version());
                     }
-                    _ => Err(RefreshFailure::LockBusy),
                 }
+                let version = next_version(&[self.store.version(), inner.version_floor])
+                    .unwrap_or(version);
+                Ok(self.commit(inner, trigger, set, version))
             }
             Err(e) => {
                 tracing::error!(token = %self.name, error = %e, "the new token could not be written to the shared store; using it here and retrying the write");
-                inner.pending_write = Some(State::new(&self.profile_key, version, &to_store));
+                inner.pending_write = Some(self.state_of(inner, version, &to_store));
                 Ok(self.commit(inner, trigger, set, version))
             }
         }
+    }
+
+    /// The state to persist or share for `set`, with the spent refresh tokens.
+    fn state_of(&self, inner: &Inner, version: u64, set: &TokenSet) -> State {
+        State::new(&self.profile_key, version, set).with_spent(inner.spent.iter().cloned())
     }
 
     /// Another replica was answered `Retry-After` and `left` of it remains: hold here too, and
@@ -604,8 +697,8 @@ impl Refresher {
         let deadline = Instant::now() + shared.lock_ttl();
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Ok(Some(r)) = shared.read().await {
-                if r.state.version > seen_remote && self.is_ours(&r) {
+            if let Ok(Entry::Set(r)) = shared.read().await {
+                if r.state.version > seen_remote {
                     self.adopt_shared(inner, &r);
                     return Ok(self.store.version());
                 }
@@ -617,8 +710,9 @@ impl Refresher {
     }
 
     /// Redis is unreachable. Grants that issue no refresh token cannot race on rotation, so
-    /// they refresh alone; the others wait for Redis rather than rotate a refresh token that
-    /// other replicas hold (or each log in, opening a session per replica).
+    /// they refresh alone (within this replica's own budget); the others wait for Redis rather
+    /// than rotate a refresh token that other replicas hold (or each log in, opening a session
+    /// per replica).
     async fn shared_unavailable(
         &self,
         inner: &mut Inner,
@@ -627,13 +721,12 @@ impl Refresher {
     ) -> Result<u64, RefreshFailure> {
         if matches!(self.cfg.grant, Grant::ClientCredentials) && inner.refresh_token.is_none() {
             tracing::warn!(token = %self.name, error = %e, "shared store unreachable; client_credentials issues no refresh token, refreshing alone");
-            let version = self.store.version().max(inner.version_floor) + 1;
+            let Some(version) = next_version(&[self.store.version(), inner.version_floor]) else {
+                return Err(self.versions_exhausted(inner));
+            };
             return match self.obtain(inner).await {
                 Ok(set) => Ok(self.commit(inner, trigger, set, version)),
-                Err(e) => {
-                    self.fail(inner, trigger, &e);
-                    Err(e.into())
-                }
+                Err(e) => Err(self.failed(inner, trigger, e)),
             };
         }
         inner.failures = inner.failures.saturating_add(1);
@@ -653,12 +746,13 @@ impl Refresher {
     }
 
     /// Persists a token set to the state file, if one is configured.
-    fn persist(&self, inner: &Inner, set: &TokenSet, version: u64) {
+    fn persist(&self, inner: &mut Inner, set: &TokenSet, version: u64) {
+        inner.spent_unsaved = false;
         if let Some(path) = &self.cfg.state_file {
             let mut persisted = set.clone();
             persisted.refresh_token = inner.refresh_token.clone();
             persisted.refresh_expires_at = inner.refresh_expires_at;
-            let saved = state::save(path, &State::new(&self.profile_key, version, &persisted));
+            let saved = state::save(path, &self.state_of(inner, version, &persisted));
             if let Err(e) = &saved {
                 tracing::error!(token = %self.name, error = %e, "cannot write the state file");
             }
@@ -666,6 +760,25 @@ impl Refresher {
                 .state_file_error
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = saved.err().map(|e| e.to_string());
+        }
+    }
+
+    /// Persists the current token again when a failed attempt spent a refresh token, so that
+    /// it is remembered across a restart.
+    fn persist_spent(&self, inner: &mut Inner) {
+        if self.cfg.state_file.is_none() || !inner.spent_unsaved {
+            return;
+        }
+        if let Some(t) = self.store.current() {
+            let set = TokenSet {
+                access_token: t.access_token().clone(),
+                expires_at: t.expires_at().unwrap_or_else(SystemTime::now),
+                refresh_token: inner.refresh_token.clone(),
+                refresh_expires_at: inner.refresh_expires_at,
+                scope: None,
+                obtained_at: t.obtained_at(),
+            };
+            self.persist(inner, &set, t.version());
         }
     }
 
@@ -699,14 +812,19 @@ impl Refresher {
             },
             version,
         );
-        if let Err(e) = published {
+        match published {
+            Ok(Some(_)) => {}
+            // A newer version was published meanwhile (adopted from elsewhere): it stays.
+            Ok(None) => {}
             // parse_success already checked the token; this is defensive.
-            tracing::error!(token = %self.name, error = %e, "the new token could not be published");
+            Err(e) => {
+                tracing::error!(token = %self.name, error = %e, "the new token could not be published")
+            }
         }
         inner.failures = 0;
         inner.not_before = None;
         let delay = refresh_delay(set.lifetime(), self.cfg.refresh_margin, jitter());
-        self.set_next_attempt(inner, Instant::now() + delay);
+        self.set_next_attempt(inner, Instant::now() + delay.max(BACKOFF_FLOOR));
         self.store.set_retry_after(1);
         self.store.record_attempt(trigger.as_str(), Ok(()));
         tracing::debug!(
@@ -722,6 +840,41 @@ impl Refresher {
             self.reschedule.notify_one();
         }
         version
+    }
+
+    /// Handles a failed attempt: the endpoint's failures back off; a spent budget waits for
+    /// room. Returns the failure to report.
+    fn failed(&self, inner: &mut Inner, trigger: Trigger, failure: RefreshFailure) -> RefreshFailure {
+        match &failure {
+            RefreshFailure::OAuth(e) => self.fail(inner, trigger, e),
+            RefreshFailure::OverBudget(wait) => self.over_budget(inner, trigger, *wait),
+            _ => {}
+        }
+        self.persist_spent(inner);
+        failure
+    }
+
+    /// The budget has no room: nothing was sent. The timer waits for room (jittered, so that
+    /// replicas do not all ask at once); other triggers report it.
+    fn over_budget(&self, inner: &mut Inner, trigger: Trigger, wait: Duration) {
+        self.metrics
+            .token_requests_deferred
+            .with_label_values(&[self.name.as_str()])
+            .inc();
+        let spread = (wait / 10 + BACKOFF_FLOOR).mul_f64(jitter());
+        let now = Instant::now();
+        if inner.next_attempt < now + wait {
+            self.set_next_attempt(inner, now + wait + spread);
+        }
+        self.store
+            .set_retry_after((wait + spread).as_secs().clamp(1, 3600));
+        let message = format!(
+            "the token request budget ({}) is spent; next token request in {}s",
+            self.cfg.request_budget,
+            wait.as_secs().max(1)
+        );
+        tracing::warn!(token = %self.name, trigger = trigger.as_str(), wait_ms = wait.as_millis() as u64, "{message}");
+        self.store.record_attempt(trigger.as_str(), Err(message));
     }
 
     fn fail(&self, inner: &mut Inner, trigger: Trigger, e: &OAuthError) {
@@ -778,44 +931,101 @@ impl Refresher {
         }
     }
 
-    async fn obtain(&self, inner: &mut Inner) -> Result<TokenSet, OAuthError> {
+    /// Takes a place in the token request budget: this replica's own count, and the count of
+    /// all replicas in Redis when shared. Redis being unreachable leaves the local count, which
+    /// still bounds this replica.
+    async fn spend_budget(&self, inner: &mut Inner) -> Result<(), RefreshFailure> {
+        let local = inner.budget.wait(Instant::now());
+        if !local.is_zero() {
+            return Err(RefreshFailure::OverBudget(local));
+        }
+        if let Some(shared) = &self.shared {
+            match shared.take_budget(self.cfg.request_budget).await {
+                Ok(Ok(())) => {}
+                Ok(Err(wait)) => return Err(RefreshFailure::OverBudget(wait)),
+                Err(e) => {
+                    tracing::debug!(token = %self.name, error = %e, "the shared budget could not be read; counting locally");
+                }
+            }
+        }
+        inner
+            .budget
+            .try_acquire(Instant::now())
+            .map_err(RefreshFailure::OverBudget)
+    }
+
+    /// One token request within the budget.
+    async fn request(
+        &self,
+        inner: &mut Inner,
+        grant: GrantRequest<'_>,
+    ) -> Result<TokenSet, RefreshFailure> {
+        self.spend_budget(inner).await?;
+        Ok(self.client.request(grant).await?)
+    }
+
+    /// Obtains a token set: with the refresh token when one is held (and not spent), else with
+    /// the primary grant. Every refresh token sent is remembered as spent once the endpoint
+    /// has exchanged or rejected it.
+    async fn obtain(&self, inner: &mut Inner) -> Result<TokenSet, RefreshFailure> {
         let now = SystemTime::now();
         if inner.refresh_expires_at.is_some_and(|e| e <= now) {
             tracing::info!(token = %self.name, "the refresh token has expired; using the primary grant");
             inner.refresh_token = None;
         }
         if let Some(rt) = inner.refresh_token.clone() {
-            match self.client.request(GrantRequest::Refresh(&rt)).await {
-                Ok(set) => return Ok(set),
-                Err(e) if e.is_invalid_grant() => {
-                    tracing::warn!(token = %self.name, error = %e, "the refresh token was rejected; falling back to the primary grant");
-                    inner.refresh_token = None;
-                    inner.refresh_expires_at = None;
+            let fp = fingerprint(&rt);
+            if inner.spent.contains(&fp) {
+                tracing::warn!(token = %self.name, "the refresh token held was already exchanged; using the primary grant");
+                inner.refresh_token = None;
+                inner.refresh_expires_at = None;
+            } else {
+                match self.request(inner, GrantRequest::Refresh(&rt)).await {
+                    Ok(set) => {
+                        Self::mark_spent(inner, fp);
+                        return Ok(set);
+                    }
+                    Err(RefreshFailure::OAuth(e)) if e.is_invalid_grant() => {
+                        tracing::warn!(token = %self.name, error = %e, "the refresh token was rejected; falling back to the primary grant");
+                        Self::mark_spent(inner, fp);
+                        inner.refresh_token = None;
+                        inner.refresh_expires_at = None;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             }
         }
         let bootstrap = match &self.cfg.grant {
             Grant::RefreshToken { refresh_token } => {
-                let b = refresh_token.load()?;
-                if inner.spent_bootstrap.as_ref() == Some(&b) {
+                let b = refresh_token.load().map_err(OAuthError::from)?;
+                let fp = fingerprint(&b);
+                if inner.spent.contains(&fp) {
                     return Err(OAuthError::Credentials(
-                        "the bootstrap refresh token was already exchanged and the rotated one is gone; write a new refresh token to the refresh token file".into(),
-                    ));
+                        "the refresh token in the refresh token file was already exchanged and the rotated one is gone; write a new refresh token to the file".into(),
+                    )
+                    .into());
                 }
-                Some(b)
+                Some(fp)
             }
             _ => None,
         };
-        let set = self.client.request(GrantRequest::Primary).await;
-        if bootstrap.is_some() && set.is_ok() {
-            inner.spent_bootstrap = bootstrap;
+        let set = self.request(inner, GrantRequest::Primary).await;
+        if let Some(fp) = bootstrap {
+            let sent = match &set {
+                Ok(_) => true,
+                Err(RefreshFailure::OAuth(e)) => e.is_invalid_grant(),
+                Err(_) => false,
+            };
+            if sent {
+                Self::mark_spent(inner, fp);
+            }
         }
         set
     }
 
     /// Handles a 401 for a request sent with `failed_version`: returns once the store holds a
-    /// newer token (refreshing single-flight if needed), or why it does not.
+    /// newer token (refreshing single-flight if needed), or why it does not. At most one
+    /// 401-triggered refresh per `min_refresh_interval`, for all replicas together when shared.
     pub async fn on_unauthorized(&self, failed_version: u64) -> Result<u64, RefreshFailure> {
         let current = self.store.version();
         if current > failed_version {
@@ -830,7 +1040,7 @@ impl Refresher {
         // refreshing right now: its token is about to be written.
         if let Some(shared) = &self.shared {
             let mut remote_version = 0;
-            if let Ok(Some(remote)) = shared.read().await {
+            if let Ok(Entry::Set(remote)) = shared.read().await {
                 remote_version = remote.state.version;
                 self.adopt_shared(&mut inner, &remote);
                 let current = self.store.version();
@@ -850,21 +1060,33 @@ impl Refresher {
         {
             return Err(RefreshFailure::TooSoon);
         }
+        if let Some(shared) = &self.shared {
+            match shared
+                .claim_unauthorized(self.cfg.min_refresh_interval)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(RefreshFailure::TooSoon),
+                // Redis unreachable: this replica's own interval still applies.
+                Err(_) => {}
+            }
+        }
         self.refresh_locked(&mut inner, Trigger::Unauthorized, Some(failed_version))
             .await
     }
 
     /// The timed refresh loop, until `cancel` fires. Obtains the first token unless the state
     /// file provided one. In shared mode a second loop follows the shared store.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tasks: tokio_util::task::TaskTracker) {
         if self.shared.is_some() {
-            tokio::spawn(self.clone().follow_shared(cancel.clone()));
+            tasks.spawn(self.clone().follow_shared(cancel.clone()));
         }
         if !self.load_state().await {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.refresh(Trigger::Startup, None) => {}
             }
+            self.ensure_future_attempt().await;
         }
         loop {
             let due = self.inner.lock().await.next_attempt;
@@ -879,6 +1101,18 @@ impl Refresher {
                 Trigger::Startup
             };
             let _ = self.refresh(trigger, None).await;
+            self.ensure_future_attempt().await;
+        }
+    }
+
+    /// Every outcome plans the next attempt; should one not, the timer still never fires again
+    /// at once (a loop of attempts is exactly what must never happen).
+    async fn ensure_future_attempt(&self) {
+        let mut inner = self.inner.lock().await;
+        let now = Instant::now();
+        if inner.next_attempt <= now {
+            let at = now + BACKOFF_FLOOR;
+            self.set_next_attempt(&mut inner, at);
         }
     }
 
@@ -891,6 +1125,7 @@ impl Refresher {
         let mut subscription: Option<redis::aio::PubSub> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_read = Instant::now();
         loop {
             let notified = async {
                 match subscription.as_mut() {
@@ -908,6 +1143,13 @@ impl Refresher {
                         tracing::debug!(token = %self.name, "shared store subscription closed");
                         subscription = None;
                     }
+                    // A burst of notifications (or someone publishing on the channel) costs
+                    // at most one read per gap.
+                    let next = last_read + NOTIFIED_READ_GAP;
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep_until(next.into()) => {}
+                    }
                 }
                 _ = tick.tick() => {
                     if subscription.is_none() {
@@ -915,6 +1157,7 @@ impl Refresher {
                     }
                 }
             }
+            last_read = Instant::now();
             self.sync_from_shared(shared).await;
         }
     }
@@ -930,11 +1173,13 @@ impl Refresher {
             Err(_) => return,
         };
         if let Some(pending) = inner.pending_write.take() {
-            if remote
-                .as_ref()
-                .is_none_or(|r| r.state.version < pending.version)
-            {
-                match shared.write(pending).await {
+            let (stale, replacing) = match &remote {
+                Entry::None => (true, None),
+                Entry::Set(r) => (r.state.version < pending.version, None),
+                Entry::Rejected(rejected) => (true, Some(rejected)),
+            };
+            if stale {
+                match shared.write(pending, replacing).await {
                     Ok(_) => {
                         tracing::info!(token = %self.name, "wrote the pending token set to the shared store")
                     }
@@ -950,18 +1195,31 @@ impl Refresher {
                                 scope: None,
                                 obtained_at: t.obtained_at(),
                             };
-                            inner.pending_write =
-                                Some(State::new(&self.profile_key, version, &set));
+                            inner.pending_write = Some(self.state_of(&inner, version, &set));
                         }
                     }
                 }
                 return;
             }
         }
-        if let Some(r) = remote {
+        if let Entry::Set(r) = remote {
             if r.state.version > self.store.version() {
                 self.adopt_shared(&mut inner, &r);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_stop_before_the_top() {
+        assert_eq!(next_version(&[]), Some(1));
+        assert_eq!(next_version(&[3, 9, 2]), Some(10));
+        assert_eq!(next_version(&[MAX_VERSION - 2]), Some(MAX_VERSION - 1));
+        assert_eq!(next_version(&[MAX_VERSION - 1]), None);
+        assert_eq!(next_version(&[u64::MAX]), None);
     }
 }
