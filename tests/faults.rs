@@ -152,7 +152,7 @@ async fn upstream_reset_mid_body_is_an_error_for_the_app_never_a_complete_lookin
 
             // On the wire (HTTP/1.1): the app must be able to tell the body is incomplete.
             let mut s = TcpStream::connect(sc.proxy_addr).await.unwrap();
-            s.write_all(b"GET /truncated HTTP/1.1\r\nHost: app\r\n\r\n")
+            s.write_all(b"GET /truncated HTTP/1.1\r\nHost: localhost\r\n\r\n")
                 .await
                 .unwrap();
             let (raw, closed) = read_all(&mut s, DEADLINE).await;

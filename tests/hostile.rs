@@ -367,7 +367,7 @@ async fn slowloris_300_connections_dribbling_header_bytes_are_cut_off_at_the_hea
     slowloris(
         300,
         Duration::from_millis(1500),
-        |i| format!("GET /slowloris-{i} HTTP/1.1\r\nHost: app\r\nX-Slow: ").into_bytes(),
+        |i| format!("GET /slowloris-{i} HTTP/1.1\r\nHost: localhost\r\nX-Slow: ").into_bytes(),
         b"a",
         true,
     )
@@ -400,7 +400,7 @@ async fn slowloris_dribbling_the_http2_preface_is_cut_off_at_the_header_read_tim
 #[tokio::test]
 async fn a_one_mebibyte_header_is_refused_with_431_and_never_forwarded() {
     let (up, mut sc) = setup("", &[]).await;
-    let mut req = b"GET /huge-header HTTP/1.1\r\nHost: app\r\nX-Huge: ".to_vec();
+    let mut req = b"GET /huge-header HTTP/1.1\r\nHost: localhost\r\nX-Huge: ".to_vec();
     req.extend(std::iter::repeat_n(b'h', 1024 * 1024));
     req.extend_from_slice(b"\r\n\r\n");
     let ex = exchange(sc.proxy_addr, &req, DEADLINE).await;
@@ -421,7 +421,7 @@ async fn a_one_mebibyte_header_is_refused_with_431_and_never_forwarded() {
 async fn a_thousand_tiny_headers_are_judged_by_the_byte_limit_and_refused_with_431_json() {
     let (up, mut sc) = setup("", &[]).await;
     // 1000 headers of a few bytes: small on the wire, but each costs 32 bytes of the limit.
-    let mut req = String::from("GET /many-tiny HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    let mut req = String::from("GET /many-tiny HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..1000 {
         req.push_str(&format!("h{i}:1\r\n"));
     }
@@ -439,7 +439,7 @@ async fn a_thousand_tiny_headers_are_judged_by_the_byte_limit_and_refused_with_4
 async fn twenty_thousand_empty_headers_are_refused_with_431_and_never_forwarded() {
     let (up, mut sc) = setup("", &[]).await;
     // Over hyper's header count limit: hyper answers a bare 431 before the route sees it.
-    let mut req = String::from("GET /header-count HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    let mut req = String::from("GET /header-count HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for _ in 0..20_000 {
         req.push_str("a:\r\n");
     }
@@ -514,7 +514,7 @@ async fn a_128_mib_upload_streams_through_without_being_buffered() {
 
     let mut s = TcpStream::connect(sc.proxy_addr).await.unwrap();
     s.write_all(
-        format!("POST /upload HTTP/1.1\r\nHost: app\r\nContent-Length: {TOTAL}\r\nConnection: close\r\n\r\n")
+        format!("POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: {TOTAL}\r\nConnection: close\r\n\r\n")
             .as_bytes(),
     )
     .await
@@ -581,7 +581,7 @@ async fn a_128_mib_upload_streams_through_without_being_buffered() {
 // ---------------------------------------------------------------------------------------------
 
 /// A request that, read the wrong way, hides a second one: `GET /smuggled`.
-const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: app\r\nX-S: 1\r\n\r\n";
+const SMUGGLED: &str = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\nX-S: 1\r\n\r\n";
 
 /// Sends each of `cases` (name, bytes) on its own keep-alive connection to one sidecar and
 /// reads until the sidecar closes it (its idle timeout is short), then checks that the
@@ -648,7 +648,7 @@ async fn smuggle(cases: &[(&str, Vec<u8>)]) -> Vec<Vec<Parsed>> {
 }
 
 fn case(name: &str, head: &str, body: &str) -> (String, Vec<u8>) {
-    let mut b = format!("POST /{name} HTTP/1.1\r\nHost: app\r\n{head}\r\n").into_bytes();
+    let mut b = format!("POST /{name} HTTP/1.1\r\nHost: localhost\r\n{head}\r\n").into_bytes();
     b.extend_from_slice(body.as_bytes());
     (name.to_owned(), b)
 }
@@ -683,7 +683,7 @@ async fn smuggling_content_length_with_transfer_encoding_is_read_as_chunked_and_
         case("te-space-before-colon", "Transfer-Encoding : chunked\r\nContent-Length: 4\r\n", &chunked_smuggle),
         (
             "te-http10".into(),
-            format!("POST /te-http10 HTTP/1.0\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_smuggle}").into_bytes(),
+            format!("POST /te-http10 HTTP/1.0\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n{chunked_smuggle}").into_bytes(),
         ),
     ];
     let cases: Vec<(&str, Vec<u8>)> = cases.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
@@ -795,15 +795,15 @@ async fn smuggling_invalid_bytes_in_header_names_values_and_the_request_line_are
     }
     cases.push((
         "request-line-extra".into(),
-        format!("POST /request-line-extra HTTP/1.1 x\r\nHost: app\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
+        format!("POST /request-line-extra HTTP/1.1 x\r\nHost: localhost\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
     ));
     cases.push((
         "request-line-tab".into(),
-        format!("POST /request-line\ttab HTTP/1.1\r\nHost: app\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
+        format!("POST /request-line\ttab HTTP/1.1\r\nHost: localhost\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
     ));
     cases.push((
         "request-line-bare-cr".into(),
-        format!("POST /request-line-bare-cr HTTP/1.1\rHost: app\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
+        format!("POST /request-line-bare-cr HTTP/1.1\rHost: localhost\r\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
     ));
     let cases: Vec<(&str, Vec<u8>)> = cases.iter().map(|(n, b)| (n.as_str(), b.clone())).collect();
     let rs = smuggle(&cases).await;
@@ -816,7 +816,7 @@ async fn smuggling_invalid_bytes_in_header_names_values_and_the_request_line_are
 async fn smuggling_obs_text_and_encoded_crlf_are_forwarded_verbatim_as_one_request() {
     let (up, mut sc) = setup("", &[]).await;
     // Bytes 0x80-0xff are obs-text, allowed in values; %0d%0a in a path is just text.
-    let mut req = b"GET /obs-text%0d%0aX-Injected:%20yes HTTP/1.1\r\nHost: app\r\nX-Obs: caf\xe9\r\nConnection: close\r\n\r\n".to_vec();
+    let mut req = b"GET /obs-text%0d%0aX-Injected:%20yes HTTP/1.1\r\nHost: localhost\r\nX-Obs: caf\xe9\r\nConnection: close\r\n\r\n".to_vec();
     req.extend_from_slice(SMUGGLED.as_bytes());
     let ex = exchange(sc.proxy_addr, &req, DEADLINE).await;
     let rs = responses(&ex.received);
@@ -837,19 +837,19 @@ async fn smuggling_bare_lf_line_endings_are_parsed_once_and_reframed() {
         // Entirely bare-LF framed.
         (
             "bare-lf".into(),
-            format!("POST /bare-lf HTTP/1.1\nHost: app\nContent-Length: {n}\n\n{SMUGGLED}").into_bytes(),
+            format!("POST /bare-lf HTTP/1.1\nHost: localhost\nContent-Length: {n}\n\n{SMUGGLED}").into_bytes(),
         ),
-        // A CRLF-only parser sees "Host: app\nContent-Length: N" (no length) and then the
+        // A CRLF-only parser sees "Host: localhost\nContent-Length: N" (no length) and then the
         // smuggled request; hyper reads the length. Either way the upstream gets one request,
         // framed by the sidecar.
         (
             "bare-lf-hidden-cl".into(),
-            format!("POST /bare-lf-hidden-cl HTTP/1.1\r\nHost: app\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
+            format!("POST /bare-lf-hidden-cl HTTP/1.1\r\nHost: localhost\nContent-Length: {n}\r\n\r\n{SMUGGLED}").into_bytes(),
         ),
         (
             "bare-lf-hidden-te".into(),
             format!(
-                "POST /bare-lf-hidden-te HTTP/1.1\r\nHost: app\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n",
+                "POST /bare-lf-hidden-te HTTP/1.1\r\nHost: localhost\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{SMUGGLED}\r\n0\r\n\r\n",
                 SMUGGLED.len()
             )
             .into_bytes(),
@@ -1193,7 +1193,7 @@ async fn path_tricks_never_leave_the_base_path() {
     let mut forwarded = 0;
     for path in &paths {
         let before = up.request_count();
-        let status = target_status(&sc, "GET", path, "app").await;
+        let status = target_status(&sc, "GET", path, "localhost").await;
         match status {
             Some(200) => {
                 forwarded += 1;
@@ -1327,7 +1327,7 @@ async fn h2_made_you_reset_streams_the_server_must_reset_itself_end_in_goaway() 
     const STREAMS: u32 = 2000;
     let mut bytes = Vec::new();
     for i in 0..STREAMS {
-        let mut block = h2raw::request_block("GET", &format!("/made-you-reset/{i}"), "app", &[]);
+        let mut block = h2raw::request_block("GET", &format!("/made-you-reset/{i}"), "localhost", &[]);
         block.extend(h2raw::literal("connection", b"keep-alive"));
         bytes.extend(h2raw::frame(
             h2raw::HEADERS,
@@ -1351,7 +1351,7 @@ async fn h2_made_you_reset_streams_the_server_must_reset_itself_end_in_goaway() 
 async fn h2_a_zero_window_update_on_a_stream_ends_the_connection() {
     let (up, mut sc) = setup("", &[]).await;
     let mut c = Conn::open(sc.proxy_addr).await;
-    let block = h2raw::request_block("POST", "/zero-window", "app", &[]);
+    let block = h2raw::request_block("POST", "/zero-window", "localhost", &[]);
     let mut bytes = h2raw::frame(h2raw::HEADERS, h2raw::END_HEADERS, 1, &block);
     bytes.extend(h2raw::window_update(1, 0));
     let _ = c.write(&bytes).await;
@@ -1376,7 +1376,7 @@ async fn h2_continuation_flood_ends_the_connection_without_forwarding() {
         h2raw::HEADERS,
         0,
         1,
-        &h2raw::request_block("GET", "/continuation-flood", "app", &[]),
+        &h2raw::request_block("GET", "/continuation-flood", "localhost", &[]),
     );
     // 20 000 CONTINUATION frames of 1 KiB, never END_HEADERS: 20 MiB of header block.
     let filler = h2raw::literal("x-flood", &[b'f'; 1000]);
@@ -1404,7 +1404,7 @@ async fn h2_hpack_bomb_of_a_tiny_block_decoding_to_megabytes_is_refused() {
     let mut c = Conn::open(sc.proxy_addr).await;
     // A 4 KB value enters the dynamic table on stream 1, then stream 3 references it 20 000
     // times with one byte each: 20 KB on the wire, 80 MB decoded.
-    let mut block = h2raw::request_block("GET", "/hpack-seed", "app", &[]);
+    let mut block = h2raw::request_block("GET", "/hpack-seed", "localhost", &[]);
     block.extend(h2raw::literal_indexed("x-bomb", &[b'b'; 4000]));
     let mut bytes = h2raw::frame(
         h2raw::HEADERS,
@@ -1412,7 +1412,7 @@ async fn h2_hpack_bomb_of_a_tiny_block_decoding_to_megabytes_is_refused() {
         1,
         &block,
     );
-    let mut bomb = h2raw::request_block("GET", "/hpack-bomb", "app", &[]);
+    let mut bomb = h2raw::request_block("GET", "/hpack-bomb", "localhost", &[]);
     for _ in 0..20_000 {
         bomb.extend(h2raw::indexed(62));
     }
@@ -1503,7 +1503,7 @@ async fn h2_ping_and_settings_floods_do_not_grow_memory_or_stop_service() {
 #[tokio::test]
 async fn a_malformed_chunked_body_from_the_app_is_a_400_not_an_upstream_error() {
     let (up, mut sc) = setup("", &[]).await;
-    let req = b"POST /bad-chunks HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nA\r\n0\r\n\r\n";
+    let req = b"POST /bad-chunks HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\nA\r\n0\r\n\r\n";
     let ex = exchange(sc.proxy_addr, req, DEADLINE).await;
     let rs = responses(&ex.received);
     assert_eq!(rs.len(), 1, "{:?}", String::from_utf8_lossy(&ex.received));

@@ -96,7 +96,7 @@ async fn empty_header_prefix_sends_the_bare_token() {
 async fn hop_by_hop_request_headers_are_not_forwarded() {
     let (up, sc) = setup().await;
     let req = "POST /hop HTTP/1.1\r\n\
-        Host: app.local\r\n\
+        Host: localhost:8080\r\n\
         Connection: close, X-Custom-Hop,x-other-hop\r\n\
         Keep-Alive: timeout=5\r\n\
         X-Custom-Hop: 1\r\n\
@@ -283,7 +283,7 @@ async fn dot_segment_paths_are_refused() {
         "/a/%2e%2e%5cb",
         "/a/..;/b",
     ] {
-        let req = format!("GET {path} HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let r = raw_request(sc.proxy_addr, req.as_bytes()).await;
         assert_eq!(r.status, 400, "{path}");
         r.assert_sidecar_error(400, "bad_request");
@@ -307,7 +307,7 @@ async fn dot_segment_paths_are_refused() {
 async fn oversized_request_headers_get_431() {
     let (up, sc) = setup().await;
     let big = "a".repeat(4000);
-    let mut req = String::from("GET /big HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    let mut req = String::from("GET /big HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..10 {
         req.push_str(&format!("X-Big-{i}: {big}\r\n"));
     }
@@ -317,7 +317,7 @@ async fn oversized_request_headers_get_431() {
     assert_eq!(up.request_count(), 0);
 
     // Just under the default limit (32 KiB) still goes through.
-    let mut req = String::from("GET /fits HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    let mut req = String::from("GET /fits HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..6 {
         req.push_str(&format!("X-Big-{i}: {big}\r\n"));
     }
@@ -331,7 +331,7 @@ async fn oversized_request_headers_get_431() {
 async fn many_small_headers_are_judged_by_the_byte_limit() {
     let (up, sc) = setup().await;
     // 300 small headers are well under 32 KiB: forwarded.
-    let mut req = String::from("GET /many HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    let mut req = String::from("GET /many HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..300 {
         req.push_str(&format!("X-H{i}: {i}\r\n"));
     }
@@ -342,7 +342,7 @@ async fn many_small_headers_are_judged_by_the_byte_limit() {
 
     // 700 headers of 40 bytes are over it: the sidecar's own 431, not hyper's bare one.
     let value = "v".repeat(40);
-    let mut req = String::from("GET /many HTTP/1.1\r\nHost: app\r\nConnection: close\r\n");
+    let mut req = String::from("GET /many HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..700 {
         req.push_str(&format!("X-H{i}: {value}\r\n"));
     }
@@ -694,7 +694,7 @@ async fn metric_values_after_traffic() {
     }
     let r = raw_request(
         sc.proxy_addr,
-        b"GET /a/../b HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n",
+        b"GET /a/../b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(r.status, 400);
@@ -795,7 +795,7 @@ async fn the_token_never_appears_in_logs_metrics_token_info_or_error_bodies() {
     }
     bodies.push(Client::h2c().get(&sc.url("/h2")).await.text());
     for raw in [
-        &b"GET /a/../b HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n"[..],
+        &b"GET /a/../b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"[..],
         &b"GET http://evil.example.com/ HTTP/1.1\r\nHost: evil.example.com\r\nConnection: close\r\n\r\n"[..],
         &b"CONNECT evil.example.com:443 HTTP/1.1\r\nHost: evil.example.com:443\r\nConnection: close\r\n\r\n"[..],
     ] {
@@ -841,7 +841,7 @@ async fn slow_header_senders_and_idle_connections_are_disconnected() {
 
     // Half a request head, then silence: the connection is closed.
     let mut s = tokio::net::TcpStream::connect(sc.proxy_addr).await.unwrap();
-    s.write_all(b"GET /slowloris HTTP/1.1\r\nHost: app\r\n")
+    s.write_all(b"GET /slowloris HTTP/1.1\r\nHost: localhost\r\n")
         .await
         .unwrap();
     let start = Instant::now();
@@ -855,7 +855,7 @@ async fn slow_header_senders_and_idle_connections_are_disconnected() {
 
     // A keep-alive connection left idle after a complete exchange is closed as well.
     let mut s = tokio::net::TcpStream::connect(sc.proxy_addr).await.unwrap();
-    s.write_all(b"GET /idle HTTP/1.1\r\nHost: app\r\n\r\n")
+    s.write_all(b"GET /idle HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut buf = Vec::new();
@@ -939,7 +939,7 @@ async fn h2c_upgrade_requests_are_forwarded_as_plain_http1() {
     // path, no checks), so the upgrade offer is dropped and the request forwarded as is.
     let (up, sc) = setup().await;
     let req = "GET /offer-h2c HTTP/1.1\r\n\
-        Host: app\r\n\
+        Host: localhost\r\n\
         Connection: Upgrade, HTTP2-Settings, close\r\n\
         Upgrade: h2c\r\n\
         HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\

@@ -131,19 +131,19 @@ async fn battery(sc: &Sidecar, seen: &mut Seen) {
         seen.add_resp(&format!("{name} 431"), &client.send(big).await);
     }
     let huge = format!(
-        "GET /huge HTTP/1.1\r\nHost: app\r\nX-Huge: {}\r\nConnection: close\r\n\r\n",
+        "GET /huge HTTP/1.1\r\nHost: localhost\r\nX-Huge: {}\r\nConnection: close\r\n\r\n",
         "h".repeat(200_000)
     );
-    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: app\r\n\r\n";
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: localhost\r\n\r\n";
     let bad_chunks = format!(
-        "POST /c HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{smuggled}"
+        "POST /c HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{smuggled}"
     );
     for req in [
         "CONNECT evil.example:443 HTTP/1.1\r\nHost: evil.example:443\r\nConnection: close\r\n\r\n".to_owned(),
         "GET http://evil.example/steal HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n".to_owned(),
-        "GET /a/%2e%2e/b HTTP/1.1\r\nHost: app\r\nConnection: close\r\n\r\n".to_owned(),
-        "GET /x HTTP/1.1\r\nHost: app\r\nX Bad: 1\r\nConnection: close\r\n\r\n".to_owned(),
-        format!("POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 0\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{smuggled}"),
+        "GET /a/%2e%2e/b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned(),
+        "GET /x HTTP/1.1\r\nHost: localhost\r\nX Bad: 1\r\nConnection: close\r\n\r\n".to_owned(),
+        format!("POST /x HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nContent-Length: 5\r\nConnection: close\r\n\r\n{smuggled}"),
         bad_chunks,
         huge,
     ] {

@@ -130,7 +130,7 @@ pub fn get(stream: u32, path: &str) -> Vec<u8> {
         HEADERS,
         END_HEADERS | END_STREAM,
         stream,
-        &request_block("GET", path, "app.local", &[]),
+        &request_block("GET", path, "localhost", &[]),
     )
 }
 

@@ -13,6 +13,8 @@ pub mod redis;
 pub mod scripted;
 pub mod sidecar;
 pub mod tls;
+pub mod trust;
+pub mod trust_tokens;
 pub mod upstream;
 
 use std::future::Future;

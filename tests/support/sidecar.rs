@@ -67,6 +67,17 @@ where
     }
 }
 
+/// The environment every test sidecar starts with: debug logs, and a token request budget for
+/// tokens that live seconds rather than an hour (the default, 5 a minute, would hold back the
+/// refresh cycles most tests drive). Tests of the budget set their own
+/// (`.env("TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET", ..)` or the flag, which wins).
+fn test_envs() -> Vec<(OsString, OsString)> {
+    vec![
+        ("TOKEN_SIDECAR_LOG".into(), "debug".into()),
+        ("TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET".into(), "1000/60s".into()),
+    ]
+}
+
 /// Builds the command line of a sidecar.
 #[derive(Debug, Clone)]
 pub struct SidecarBuilder {
@@ -93,7 +104,7 @@ impl SidecarBuilder {
             .iter()
             .map(OsString::from)
             .collect(),
-            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+            envs: test_envs(),
         }
     }
 
@@ -105,7 +116,7 @@ impl SidecarBuilder {
                 .iter()
                 .map(OsString::from)
                 .collect(),
-            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+            envs: test_envs(),
         }
     }
 
@@ -113,7 +124,7 @@ impl SidecarBuilder {
     pub fn raw() -> Self {
         SidecarBuilder {
             args: Vec::new(),
-            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+            envs: test_envs(),
         }
     }
 

@@ -739,6 +739,7 @@ impl SharedStore {
                     .await
             })
             .await?;
+        self.count("unauthorized", if r.is_some() { "acquired" } else { "busy" });
         Ok(r.is_some())
     }
 
