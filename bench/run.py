@@ -49,7 +49,11 @@ LUA = HERE / "report.lua"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 SIDECAR, NGINX, HAPROXY, DIRECT = "token-sidecar", "nginx", "haproxy", "upstream-direct"
-PROXIES = [SIDECAR, HAPROXY, NGINX]
+# Another build of token-sidecar ($BASELINE_BIN, e.g. the one before a change), measured like the
+# others in interleaved rounds: its paired verdict is the change's cost or gain.
+BASELINE = "baseline"
+PROXIES = [SIDECAR, HAPROXY, NGINX, BASELINE]
+DEFAULT_PROXIES = [SIDECAR, HAPROXY, NGINX]
 
 # tool -> Debian package
 TOOLS = {
@@ -394,9 +398,9 @@ def few(names, n=5):
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
 
 
-def copy_binary(src, workdir):
+def copy_binary(src, workdir, name="sidecar-under-test"):
     # Not named token-sidecar: a `pkill -f token-sidecar` elsewhere must not stop the benchmark.
-    dst = Path(workdir) / "sidecar-under-test"
+    dst = Path(workdir) / name
     shutil.copy2(src, dst)
     return str(dst)
 
@@ -475,7 +479,8 @@ class Upstream:
 class Proxy:
     """One proxy instance configured for one variant."""
 
-    def __init__(self, kind, d, upstream, variant, sidecar_bin=None, token_file=None):
+    def __init__(self, kind, d, upstream, variant, sidecar_bin=None, token_file=None,
+                 baseline_bin=None):
         self.kind, self.d = kind, Path(d)
         self.port = free_port()
         self.admin_port = None
@@ -484,9 +489,9 @@ class Proxy:
         up_port = upstream.tls_port if tls else upstream.port
         ca = self.d / "ca.pem"
         tag = f"{kind}-{variant['name']}"
-        if kind == SIDECAR:
+        if kind in (SIDECAR, BASELINE):
             self.admin_port = free_port()
-            argv = [sidecar_bin, "run", "--threads", "1", "--log-format", "text",
+            argv = [sidecar_bin if kind == SIDECAR else baseline_bin, "run", "--threads", "1", "--log-format", "text",
                     "--shutdown-grace", "1s",
                     "--listen", f"127.0.0.1:{self.port}",
                     "--admin-listen", f"127.0.0.1:{self.admin_port}",
@@ -871,7 +876,7 @@ def ratios(res):
         return {}
     s = p[SIDECAR]["summary"]
     out = {}
-    for other in (HAPROXY, NGINX):
+    for other in (HAPROXY, NGINX, BASELINE):
         if other in p:
             o = p[other]["summary"]
             # Round i of each proxy ran back to back with the others' round i: the ratio within
@@ -1051,7 +1056,7 @@ def machine_info(sidecar_src, sidecar_bin):
 
 # --------------------------------------------------------------------------------------------
 
-def run_variant(name, variant, args, d, upstream, sidecar_bin):
+def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None):
     variant = dict(variant, name=name)
     kinds = [k for k in variant.get("proxies", PROXIES) if k in args.proxies]
     if variant.get("direct_baseline") and not args.no_baseline:
@@ -1069,7 +1074,7 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin):
             rotator = Rotator(token_file)
         for kind in kinds:
             proxies[kind] = Proxy(kind, d, upstream, variant, sidecar_bin=sidecar_bin,
-                                  token_file=token_file)
+                                  token_file=token_file, baseline_bin=baseline_bin)
         # the header is injected by each one
         for kind, p in proxies.items():
             check_injection(p, variant, expected_token=rotator.current if rotator else "abc")
@@ -1185,8 +1190,10 @@ def main():
     ap.add_argument("--warmup", type=int, default=3, help="warm-up seconds per proxy and variant (default 3)")
     ap.add_argument("--variants", default=",".join(VARIANTS),
                     help=f"comma-separated, from: {','.join(VARIANTS)} (default all)")
-    ap.add_argument("--proxies", default=",".join(PROXIES),
-                    help=f"comma-separated, from: {','.join(PROXIES)} (default all)")
+    ap.add_argument("--proxies", default=None,
+                    help=f"comma-separated, from: {','.join(PROXIES)} (default: "
+                         f"{','.join(DEFAULT_PROXIES)}, and {BASELINE} when $BASELINE_BIN is set); "
+                         f"{BASELINE} is $BASELINE_BIN, another build of token-sidecar")
     ap.add_argument("--no-baseline", action="store_true",
                     help="skip the upstream-direct baseline row of the get variant")
     ap.add_argument("--quick", action="store_true",
@@ -1207,7 +1214,11 @@ def main():
     if args.quick:
         args.duration, args.rounds, args.warmup = 2, 1, 1
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if args.proxies is None:
+        args.proxies = ",".join(DEFAULT_PROXIES + ([BASELINE] if os.environ.get("BASELINE_BIN") else []))
     args.proxies = [p.strip() for p in args.proxies.split(",") if p.strip()]
+    if BASELINE in args.proxies and not os.environ.get("BASELINE_BIN"):
+        ap.error(f"{BASELINE} needs $BASELINE_BIN, a token-sidecar binary to compare with")
     for v in args.variants:
         if v not in VARIANTS:
             ap.error(f"unknown variant {v!r}; known: {', '.join(VARIANTS)}")
@@ -1239,6 +1250,12 @@ def main():
                 log(f"waiting for load average < {args.max_load} (now {os.getloadavg()[0]:.2f}) ...")
                 time.sleep(30)
         sidecar_bin = copy_binary(sidecar_src, d)
+        baseline_bin = None
+        if BASELINE in args.proxies:
+            src = os.environ["BASELINE_BIN"]
+            if not Path(src).is_file():
+                die(f"BASELINE_BIN={src} is not a file")
+            baseline_bin = copy_binary(src, d, "sidecar-baseline")
         info = machine_info(sidecar_src, sidecar_bin)
         stale = newer_sources(sidecar_src) if os.environ.get("SIDECAR_BIN") else []
         if stale:
@@ -1257,7 +1274,7 @@ def main():
         started = time.monotonic()
         results = {}
         for name in args.variants:
-            res = run_variant(name, VARIANTS[name], args, d, upstream, sidecar_bin)
+            res = run_variant(name, VARIANTS[name], args, d, upstream, sidecar_bin, baseline_bin)
             if res is None:
                 continue
             res["loadavg_after"] = " ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -66,6 +66,15 @@ class PerRoundRatios(unittest.TestCase):
     def test_no_rounds(self):
         self.assertEqual(run.per_round({"rps": 1.0}, "x"), "no paired rounds")
 
+    def test_a_baseline_build_is_judged_like_the_other_proxies(self):
+        v = variant([100, 101, 99, 100], [100, 100, 100, 100])
+        v["proxies"][run.BASELINE] = v["proxies"].pop(run.HAPROXY)
+        r = run.ratios(v)
+        self.assertEqual(list(r), [f"sidecar/{run.BASELINE}"])
+        self.assertEqual(r[f"sidecar/{run.BASELINE}"]["rps_paired"]["verdict"], "level")
+        self.assertEqual(run.verdicts({"get": dict(ratios=r)})[0].split()[:4],
+                         ["get", "level", "with", run.BASELINE])
+
 
 class StaleBinary(unittest.TestCase):
     def setUp(self):

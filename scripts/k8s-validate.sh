@@ -86,7 +86,7 @@ mkdir -p "$OUT/variants" "$OUT/negative" "$OUT/validate" "$OUT/kustomize"
 # Fake secrets, new on every run, given only the way a user gives them: in their own Secret
 # (kustomize overlays below), or by mistake through chart values (which must be refused).
 python3 - "$OUT" <<'EOF'
-import json, secrets, sys
+import base64, json, secrets, sys
 h = lambda: secrets.token_hex(12)
 pw = f"fakeredispw{h()}"
 fakes = {
@@ -96,6 +96,7 @@ fakes = {
     "reports-client-secret": f"fake-reports-secret-{h()}",
     "redis-url": f"rediss://:{pw}@redis.example:6379/0",
     "redis-password": pw,
+    "shared-key": base64.b64encode(secrets.token_bytes(32)).decode(),
     # The other keys of ci/all-grants-values.yaml.
     "partner-jwt": f"eyJhbGciOiJFUzI1NiJ9.fake{h()}.sig{h()}",
     "refresh-token": f"fake-refresh-token-{h()}",
@@ -118,7 +119,7 @@ kubectl kustomize deploy/overlays/redis > "$OUT/variants/deploy-redis.yaml"
 
 # Overlays as a user writes them (README): the example Secret replaced by one with the user's
 # values, or dropped in favour of a Secret managed elsewhere. Kustomize wants relative paths.
-user_overlay() { # NAME BASE [extra secret file]
+user_overlay() { # NAME BASE [extra secret files, comma-separated]
   local dir="$OUT/kustomize/$1" rel
   mkdir -p "$dir"
   rel=$(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/$2" "$dir")
@@ -131,10 +132,11 @@ user_overlay() { # NAME BASE [extra secret file]
     echo "    literals: [client-id=$(fake client-id)]"
     echo "    files: [client-secret, jwt${3:+, $3}]"
   } > "$dir/kustomization.yaml"
-  [ -z "${3:-}" ] || cp "$OUT/kustomize/$3" "$dir/"
+  local extra
+  for extra in ${3//,/ }; do cp "$OUT/kustomize/$extra" "$dir/"; done
 }
 user_overlay user-secret deploy
-user_overlay redis-user-secret deploy/overlays/redis redis-url
+user_overlay redis-user-secret deploy/overlays/redis "redis-url, shared-key"
 mkdir -p "$OUT/kustomize/no-example-secret"
 cat > "$OUT/kustomize/no-example-secret/kustomization.yaml" <<EOF
 resources: [$(python3 -c 'import os,sys; print(os.path.relpath(sys.argv[1], sys.argv[2]))' "$ROOT/deploy" "$OUT/kustomize/no-example-secret")]

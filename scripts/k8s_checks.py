@@ -261,15 +261,24 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
                     bad_files.append(f"{where}={v}")
             if k == "state_file":
                 m = mount_for(str(v), mounts)
-                if m is None or "emptyDir" not in m[2] or m[1].get("readOnly"):
+                # In a directory of its own under the emptyDir (which every user can write):
+                # the sidecar creates it with mode 0700, and refuses an emptyDir's root.
+                in_subdir = m is not None and Path(str(v)).parent != Path(m[0])
+                if m is None or "emptyDir" not in m[2] or m[1].get("readOnly") or not in_subdir:
                     bad_state.append(f"{where}={v}")
     shared = cfg.get("shared") or {}
     redis_url = shared.get("redis_url")
+    for k in ("redis_url_file", "shared_key_file"):
+        if k in shared:
+            m = mount_for(str(shared[k]), mounts)
+            if m is None or "secret" not in m[2] or m[1].get("readOnly") is not True:
+                bad_files.append(f"shared.{k}={shared[k]}")
     if redis_url is not None and not ENV_REF.match(redis_url) and "@" in redis_url:
         literal.append("shared.redis_url (credentials)")
     ck.check(f"{p} config: no secret value, only *_file paths and ${{VAR}}", not literal, ", ".join(literal))
     ck.check(f"{p} config: every secret file is in a Secret volume mounted read-only", not bad_files, ", ".join(bad_files))
-    ck.check(f"{p} config: state files are on a writable emptyDir (the root filesystem is read-only)",
+    ck.check(f"{p} config: state files are on a writable emptyDir (the root filesystem is read-only), "
+             "in a subdirectory the sidecar creates",
              not bad_state, ", ".join(bad_state))
 
     # ${VAR}: defined in the sidecar's environment; secrets ones from a Secret.
@@ -295,9 +304,12 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
     # Redis mode.
     if exp["redis"]:
         ref = ENV_REF.match(redis_url or "")
-        ck.check(f"{p} redis: [shared] redis_url is ${{VAR}} from a Secret, or a URL without credentials",
-                 redis_url is not None and (ref.group(1) not in bad_vars if ref else "@" not in redis_url),
-                 str(redis_url))
+        ck.check(f"{p} redis: [shared] redis_url_file from the Secret, or a redis_url without credentials",
+                 "redis_url_file" in shared
+                 or (redis_url is not None and (ref.group(1) not in bad_vars if ref else "@" not in redis_url)),
+                 str(redis_url or shared.get("redis_url_file")))
+        ck.check(f"{p} redis: the entries are sealed with a key from the Secret (shared_key_file)",
+                 "shared_key_file" in shared, json.dumps(sorted(shared)))
         ck.check(f"{p} redis: more than one replica", (w["spec"].get("replicas") or 1) > 1)
     else:
         ck.check(f"{p} no shared store configured", "shared" not in cfg)
@@ -378,7 +390,8 @@ def check_with_binary(ck: Checks, p: str, text: str, tokens: dict, mounts: dict,
     holding stand-in files, and the ${VAR}s set from stand-in Secret values."""
     provided = {}
     for s in secrets:
-        provided.update(secret_values(s))
+        # An example Secret's placeholders stand for what a user writes there: the fakes.
+        provided.update({k: v for k, v in secret_values(s).items() if "PLACEHOLDER" not in v})
     # The user's Secret is not part of a chart's rendering: use the documented keys' fakes.
     for k, v in fakes.items():
         provided.setdefault(k, v)

@@ -172,7 +172,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
 
     // Routes and their listeners. Every route's replay copies count against one budget.
-    let replay_budget = ReplayBudget::new(config.retry_body_budget, metrics.retry_body_bytes.clone());
+    let replay_budget =
+        ReplayBudget::new(config.retry_body_budget, metrics.retry_body_bytes.clone());
     let mut routes = Vec::new();
     let mut proxy_addrs = Vec::new();
     let mut listeners = Vec::new();

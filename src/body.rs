@@ -127,6 +127,10 @@ impl HttpBody for Body {
 
 /// Reads `body` up to `limit` bytes so that the request can be sent again. Returns the body to
 /// send now and, when the whole body fit, a copy for a replay.
+///
+/// The body is copied into one buffer of its announced length as it arrives, each frame
+/// dropped at once: a replayable request holds its length in memory, not twice that (the
+/// frames hyper hands over can pin larger read buffers of the connection).
 pub async fn buffer_for_replay(
     mut body: Incoming,
     limit: u64,
@@ -137,44 +141,36 @@ pub async fn buffer_for_replay(
     }
     // Only a body of known, small length is held back: one of unknown length may be a stream
     // the client feeds slowly, and holding it would stall the request.
-    match body.size_hint().exact() {
-        Some(len) if len <= limit => {}
+    let len = match body.size_hint().exact() {
+        Some(len) if len <= limit => len,
         _ => return Ok((Body::Incoming(body), None)),
-    }
-    let mut frames: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut total: u64 = 0;
+    };
+    let mut buf = bytes::BytesMut::with_capacity(len as usize);
     loop {
         match body.frame().await {
             None => break,
             Some(Err(e)) => return Err(e),
-            Some(Ok(frame)) => {
-                let is_data = frame.is_data();
-                if let Some(d) = frame.data_ref() {
-                    total += d.len() as u64;
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if (buf.len() + data.len()) as u64 <= limit => {
+                    buf.extend_from_slice(&data);
                 }
-                frames.push_back(frame);
-                // Trailers cannot be replayed from a plain buffer; neither can an oversize body.
-                if !is_data || total > limit {
-                    return Ok((Body::Prefixed(frames, body), None));
-                }
-            }
+                // Trailers cannot be replayed from a plain buffer; neither can an oversize
+                // body: what was read goes first, the rest streams behind it.
+                Ok(data) => return Ok((prefixed(buf, Frame::data(data), body), None)),
+                Err(trailers) => return Ok((prefixed(buf, trailers, body), None)),
+            },
         }
     }
-    let bytes = match frames.len() {
-        0 => Bytes::new(),
-        1 => frames
-            .pop_front()
-            .and_then(|f| f.into_data().ok())
-            .unwrap_or_default(),
-        _ => {
-            let mut buf = bytes::BytesMut::with_capacity(total as usize);
-            for f in frames {
-                if let Ok(d) = f.into_data() {
-                    buf.extend_from_slice(&d);
-                }
-            }
-            buf.freeze()
-        }
-    };
+    let bytes = buf.freeze();
     Ok((Body::full(bytes.clone()), Some(bytes)))
+}
+
+/// What was read (when anything was), the frame that stopped the reading, then the rest.
+fn prefixed(read: bytes::BytesMut, next: Frame<Bytes>, rest: Incoming) -> Body {
+    let mut frames = VecDeque::with_capacity(2);
+    if !read.is_empty() {
+        frames.push_back(Frame::data(read.freeze()));
+    }
+    frames.push_back(next);
+    Body::Prefixed(frames, rest)
 }

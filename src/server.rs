@@ -287,8 +287,12 @@ pub async fn serve<M, H, F>(
                         inner: stream,
                     };
                     match protocol {
-                        Protocol::Http1 => serve_h1(&builder, stream, service, shutdown, peer).await,
-                        Protocol::Http2 => serve_h2(&builder, stream, service, shutdown, peer).await,
+                        Protocol::Http1 => {
+                            serve_h1(&builder, stream, service, shutdown, peer).await
+                        }
+                        Protocol::Http2 => {
+                            serve_h2(&builder, stream, service, shutdown, peer).await
+                        }
                     }
                 }
                 None => {}

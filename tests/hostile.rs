@@ -421,7 +421,8 @@ async fn a_one_mebibyte_header_is_refused_with_431_and_never_forwarded() {
 async fn a_thousand_tiny_headers_are_judged_by_the_byte_limit_and_refused_with_431_json() {
     let (up, mut sc) = setup("", &[]).await;
     // 1000 headers of a few bytes: small on the wire, but each costs 32 bytes of the limit.
-    let mut req = String::from("GET /many-tiny HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut req =
+        String::from("GET /many-tiny HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for i in 0..1000 {
         req.push_str(&format!("h{i}:1\r\n"));
     }
@@ -439,7 +440,8 @@ async fn a_thousand_tiny_headers_are_judged_by_the_byte_limit_and_refused_with_4
 async fn twenty_thousand_empty_headers_are_refused_with_431_and_never_forwarded() {
     let (up, mut sc) = setup("", &[]).await;
     // Over hyper's header count limit: hyper answers a bare 431 before the route sees it.
-    let mut req = String::from("GET /header-count HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    let mut req =
+        String::from("GET /header-count HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for _ in 0..20_000 {
         req.push_str("a:\r\n");
     }
@@ -1327,7 +1329,8 @@ async fn h2_made_you_reset_streams_the_server_must_reset_itself_end_in_goaway() 
     const STREAMS: u32 = 2000;
     let mut bytes = Vec::new();
     for i in 0..STREAMS {
-        let mut block = h2raw::request_block("GET", &format!("/made-you-reset/{i}"), "localhost", &[]);
+        let mut block =
+            h2raw::request_block("GET", &format!("/made-you-reset/{i}"), "localhost", &[]);
         block.extend(h2raw::literal("connection", b"keep-alive"));
         bytes.extend(h2raw::frame(
             h2raw::HEADERS,

@@ -828,9 +828,9 @@ async fn the_refresh_subcommand_rotating_the_state_file_behind_a_running_sidecar
 #[tokio::test]
 async fn the_refresh_subcommand_fails_when_its_state_file_cannot_be_written() {
     let rig = Rig::new(TokenServerConfig::default()).await;
-    // The state file's directory is not a directory (root ignores permission bits).
-    std::fs::write(rig.path("not-a-dir"), "x").unwrap();
-    let state = rig.path("not-a-dir").join("state.json");
+    // A directory no one can create (root ignores permission bits; /proc takes no new
+    // directories): the configuration is fine, the write fails.
+    let state = std::path::Path::new("/proc/self/token-sidecar-test/state.json");
     let out = rig
         .refresh_subcommand(&["--state-file", state.to_str().unwrap()])
         .await;

@@ -37,7 +37,8 @@ async fn sequential_requests_share_one_upstream_connection() {
     }
     // A new app connection per request: the upstream connection still carries them all.
     for i in 0..10 {
-        let req = format!("GET /fresh/{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        let req =
+            format!("GET /fresh/{i} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
         let r = raw_request(sc.route_addr("default"), req.as_bytes()).await;
         assert_eq!(r.status, 200);
     }

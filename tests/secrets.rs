@@ -317,6 +317,9 @@ async fn oauth_tokens_and_credentials_never_leak_at_trace_level_through_refreshe
             "access_token_ttl=3",
             "--token-request-timeout",
             "500ms",
+            // Two forced refreshes back to back, each time.
+            "--min-refresh-interval",
+            "0s",
         ])
         .arg("--state-file")
         .arg(&state)

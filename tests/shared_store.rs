@@ -179,7 +179,7 @@ async fn the_lock_holder_dies_mid_refresh_and_another_takes_over() {
         "no refresh started"
     );
     // The lock's owner id names the holder: the replica whose token request hangs.
-    let owner = redis_get(&rig.redis.url(), "token-sidecar:default:lock")
+    let owner = redis_get(&rig.redis.url(), "token-sidecar:{default}:lock")
         .await
         .expect("the lock is held during the refresh");
     let name = owner.split('/').next().unwrap_or_default().to_owned();
@@ -531,9 +531,12 @@ async fn a_retry_after_answered_to_one_replica_binds_every_replica() {
     let r = post_refresh(&replicas[0]).await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(rig.rc.ts.requests().last().unwrap().status, 429);
-    // The other replica's forced refresh, its 401s and its timer all wait too.
+    // The other replica's forced refresh (too many requests: 429 and when to ask again), its
+    // 401s and its timer all wait too.
     let r = post_refresh(&replicas[1]).await;
-    assert_eq!(r.status, 502, "{}", r.text());
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry_after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!(retry_after >= 25, "Retry-After {retry_after}");
     rig.rc.ts.expire_access_tokens();
     let r = Client::http1()
         .get(&replicas[1].url("/restapi/v1.0/echo"))

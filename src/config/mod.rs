@@ -333,7 +333,9 @@ impl Checker {
         range: std::ops::RangeInclusive<u64>,
         what: &str,
     ) -> u64 {
-        let key = src.as_ref().map_or_else(|| what.to_owned(), |s| s.key.clone());
+        let key = src
+            .as_ref()
+            .map_or_else(|| what.to_owned(), |s| s.key.clone());
         let n = self.number(src, default);
         if !range.contains(&n) {
             self.err(format!(
@@ -556,7 +558,12 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             &u64_str(&raw_admin_max_connections),
             "admin.max_connections",
         );
-        c.count_in(s, DEFAULT_ADMIN_MAX_CONNECTIONS, 1..=65536, "--admin-max-connections")
+        c.count_in(
+            s,
+            DEFAULT_ADMIN_MAX_CONNECTIONS,
+            1..=65536,
+            "--admin-max-connections",
+        )
     };
     let retry_body_budget = {
         let s = pick(
@@ -565,7 +572,12 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             &u64_str(&raw.retry_body_budget),
             "retry_body_budget",
         );
-        c.count_in(s, DEFAULT_RETRY_BODY_BUDGET, 0..=1 << 30, "--retry-body-budget")
+        c.count_in(
+            s,
+            DEFAULT_RETRY_BODY_BUDGET,
+            0..=1 << 30,
+            "--retry-body-budget",
+        )
     };
 
     let shared = {
@@ -584,20 +596,25 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
         );
         let url = match (inline, from_file) {
             (Some(i), Some(f)) => {
-                c.err(format!("{} and {}: give the Redis URL one way only", i.key, f.key));
+                c.err(format!(
+                    "{} and {}: give the Redis URL one way only",
+                    i.key, f.key
+                ));
                 None
             }
             (Some(i), None) => Some(i),
-            (None, Some(f)) => match crate::secret::read_secret_file(std::path::Path::new(&f.value)) {
-                Ok(secret) => Some(Src {
-                    value: secret.expose().to_owned(),
-                    key: f.key,
-                }),
-                Err(e) => {
-                    c.err(format!("{}: {e}", f.key));
-                    None
+            (None, Some(f)) => {
+                match crate::secret::read_secret_file(std::path::Path::new(&f.value)) {
+                    Ok(secret) => Some(Src {
+                        value: secret.expose().to_owned(),
+                        key: f.key,
+                    }),
+                    Err(e) => {
+                        c.err(format!("{}: {e}", f.key));
+                        None
+                    }
                 }
-            },
+            }
             (None, None) => None,
         };
         let key_file = pick(
@@ -1255,26 +1272,36 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             1..=65536,
             &format!("--max-connections (or `{}`)", k("max_connections")),
         );
-        let allowed_hosts = list(&f.allowed_host, "allowed-host", &r.allowed_hosts, &k("allowed_hosts"))
-            .into_iter()
-            .filter_map(|(h, key)| match crate::proxy::origin::host_pattern(&h) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    c.err(format!("{key}: `{h}`: {e}"));
-                    None
-                }
-            })
-            .collect();
-        let allowed_origins = list(&f.allowed_origin, "allowed-origin", &r.allowed_origins, &k("allowed_origins"))
-            .into_iter()
-            .filter_map(|(o, key)| match crate::proxy::origin::origin(&o) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    c.err(format!("{key}: `{o}`: {e}"));
-                    None
-                }
-            })
-            .collect();
+        let allowed_hosts = list(
+            &f.allowed_host,
+            "allowed-host",
+            &r.allowed_hosts,
+            &k("allowed_hosts"),
+        )
+        .into_iter()
+        .filter_map(|(h, key)| match crate::proxy::origin::host_pattern(&h) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.err(format!("{key}: `{h}`: {e}"));
+                None
+            }
+        })
+        .collect();
+        let allowed_origins = list(
+            &f.allowed_origin,
+            "allowed-origin",
+            &r.allowed_origins,
+            &k("allowed_origins"),
+        )
+        .into_iter()
+        .filter_map(|(o, key)| match crate::proxy::origin::origin(&o) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                c.err(format!("{key}: `{o}`: {e}"));
+                None
+            }
+        })
+        .collect();
         if let (Some(listen), Some(upstream)) = (listen, upstream) {
             if !listen.ip().is_loopback() {
                 tracing::warn!(route = %name, %listen, "the proxy listener is not on loopback: anything that reaches it can use the token");
@@ -1571,10 +1598,18 @@ impl Config {
             if let Some(p) = &t.state_file {
                 let _ = write!(s, ", state_file {}", p.display());
             }
+            if t.grant.is_oauth() {
+                let _ = write!(s, ", token_request_budget {}", t.request_budget);
+            }
             let _ = writeln!(s);
         }
-        if self.shared.is_some() {
-            let _ = writeln!(s, "shared store: redis (URL redacted)");
+        if let Some(shared) = &self.shared {
+            let sealing = if shared.seal_keys.is_some() {
+                "entries sealed with the shared key"
+            } else {
+                "entries NOT sealed (no --shared-key-file)"
+            };
+            let _ = writeln!(s, "shared store: redis (URL redacted), {sealing}");
         }
         let _ = writeln!(
             s,

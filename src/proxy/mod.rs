@@ -235,7 +235,11 @@ impl Route {
         };
         // HTTP/2 names its host in `:authority`; an HTTP/1 absolute-form target's authority
         // was checked above (and `Host` is then ignored, RFC 9112 3.2.2).
-        let host = || req.headers().get(http::header::HOST).map(HeaderValue::as_bytes);
+        let host = || {
+            req.headers()
+                .get(http::header::HOST)
+                .map(HeaderValue::as_bytes)
+        };
         let authority = if req.version() == Version::HTTP_2 {
             req.uri()
                 .authority()

@@ -116,17 +116,16 @@ fn name_allowed(host: &str, local: IpAddr, allowed: &[String]) -> bool {
         let ip = ip.to_canonical();
         return ip.is_loopback() || ip == local.to_canonical();
     }
-    allowed.iter().any(|pattern| match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .len()
-            .checked_sub(suffix.len() + 1)
-            .is_some_and(|cut| {
+    allowed
+        .iter()
+        .any(|pattern| match pattern.strip_prefix("*.") {
+            Some(suffix) => host.len().checked_sub(suffix.len() + 1).is_some_and(|cut| {
                 cut > 0
                     && host.as_bytes()[cut] == b'.'
                     && host[cut + 1..].eq_ignore_ascii_case(suffix)
             }),
-        None => host.eq_ignore_ascii_case(pattern),
-    })
+            None => host.eq_ignore_ascii_case(pattern),
+        })
 }
 
 /// Checks a request's host and browser headers. `authority` is the request's `:authority` or
@@ -298,15 +297,24 @@ mod tests {
             vec![("sec-fetch-site", "same-site")],
             vec![("origin", "http://evil.example")],
             vec![("origin", "null")],
-            vec![("origin", "http://localhost:3000"), ("sec-fetch-site", "same-site")],
-            vec![("origin", "http://localhost:8080"), ("origin", "http://evil.example")],
+            vec![
+                ("origin", "http://localhost:3000"),
+                ("sec-fetch-site", "same-site"),
+            ],
+            vec![
+                ("origin", "http://localhost:8080"),
+                ("origin", "http://evil.example"),
+            ],
             vec![("origin", "http://localhost:8080/path")],
         ] {
             assert_eq!(chk(&refused, &none), Err(Refused::CrossSite), "{refused:?}");
         }
         assert_eq!(
             chk(
-                &[("origin", "http://localhost:8080"), ("sec-fetch-site", "same-origin")],
+                &[
+                    ("origin", "http://localhost:8080"),
+                    ("sec-fetch-site", "same-origin")
+                ],
                 &none
             ),
             Ok(())
@@ -317,7 +325,10 @@ mod tests {
         };
         assert_eq!(
             chk(
-                &[("origin", "http://App.example:3000"), ("sec-fetch-site", "cross-site")],
+                &[
+                    ("origin", "http://App.example:3000"),
+                    ("sec-fetch-site", "cross-site")
+                ],
                 &app
             ),
             Ok(())

@@ -290,7 +290,9 @@ pub fn upgrade_of(
     }
     let single = |name: &HeaderName| {
         let mut values = headers.get_all(name).iter();
-        values.next().is_some_and(|v| !v.as_bytes().trim_ascii().is_empty())
+        values
+            .next()
+            .is_some_and(|v| !v.as_bytes().trim_ascii().is_empty())
             && values.next().is_none()
     };
     if value.eq_ignore_ascii_case(b"websocket")
@@ -556,9 +558,20 @@ mod tests {
                 .filter(|(i, _)| *i != missing)
                 .map(|(_, p)| *p)
                 .collect();
-            assert_eq!(upgrade(Method::GET, &partial), Err(UpgradeRefused), "{partial:?}");
+            assert_eq!(
+                upgrade(Method::GET, &partial),
+                Err(UpgradeRefused),
+                "{partial:?}"
+            );
         }
-        for other in ["h2c, websocket", "websocket, h2c", "foo/1", "websocket/13", "tls/1.2", ""] {
+        for other in [
+            "h2c, websocket",
+            "websocket, h2c",
+            "foo/1",
+            "websocket/13",
+            "tls/1.2",
+            "",
+        ] {
             let mut h = WS;
             h[1] = ("upgrade", other);
             assert_eq!(upgrade(Method::GET, &h), Err(UpgradeRefused), "{other}");
@@ -571,8 +584,14 @@ mod tests {
         assert_eq!(upgrade(Method::GET, &with_h2c), Err(UpgradeRefused));
         let mut h = HeaderMap::new();
         h.insert("upgrade", "websocket".parse().unwrap());
-        assert_eq!(upgrade_of(&Method::GET, Version::HTTP_10, &h), Err(UpgradeRefused));
-        assert_eq!(upgrade_of(&Method::GET, Version::HTTP_2, &h), Err(UpgradeRefused));
+        assert_eq!(
+            upgrade_of(&Method::GET, Version::HTTP_10, &h),
+            Err(UpgradeRefused)
+        );
+        assert_eq!(
+            upgrade_of(&Method::GET, Version::HTTP_2, &h),
+            Err(UpgradeRefused)
+        );
     }
 
     #[test]
@@ -583,7 +602,10 @@ mod tests {
             ("http2-settings", "AAMAAABkAARAAAAAAAIAAAAA"),
         ];
         assert_eq!(upgrade(Method::GET, &offer), Ok(Upgrade::None));
-        assert_eq!(upgrade(Method::POST, &[("upgrade", "H2C")]), Ok(Upgrade::None));
+        assert_eq!(
+            upgrade(Method::POST, &[("upgrade", "H2C")]),
+            Ok(Upgrade::None)
+        );
         let mut h = HeaderMap::new();
         for (k, v) in offer {
             h.append(k, v.parse().unwrap());

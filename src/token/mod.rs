@@ -259,7 +259,10 @@ impl TokenStore {
                 v
             }
             None => {
-                let v = self.next_version.load(Ordering::Acquire).max(self.version() + 1);
+                let v = self
+                    .next_version
+                    .load(Ordering::Acquire)
+                    .max(self.version() + 1);
                 if v >= MAX_VERSION {
                     return Ok(None);
                 }
@@ -516,6 +519,10 @@ impl Profile {
                     | refresher::RefreshFailure::OverBudget(d) => RefreshError::Throttled {
                         message: e.to_string(),
                         retry_after: d,
+                    },
+                    refresher::RefreshFailure::Waiting(secs) => RefreshError::Throttled {
+                        message: e.to_string(),
+                        retry_after: Duration::from_secs(secs),
                     },
                     e => RefreshError::Failed(e.to_string()),
                 })

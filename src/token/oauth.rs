@@ -224,16 +224,17 @@ impl OAuthClient {
                 fields.push(("refresh_token", z(rt.expose().to_owned())));
             }
             GrantRequest::Primary => match &self.cfg.grant {
-                Grant::ClientCredentials => {
-                    fields.push(("grant_type", z("client_credentials")))
-                }
+                Grant::ClientCredentials => fields.push(("grant_type", z("client_credentials"))),
                 Grant::JwtBearer { assertion } => {
                     fields.push(("grant_type", z(JWT_BEARER)));
                     fields.push(("assertion", z(assertion.load()?.expose().to_owned())));
                 }
                 Grant::RefreshToken { refresh_token } => {
                     fields.push(("grant_type", z("refresh_token")));
-                    fields.push(("refresh_token", z(refresh_token.load()?.expose().to_owned())));
+                    fields.push((
+                        "refresh_token",
+                        z(refresh_token.load()?.expose().to_owned()),
+                    ));
                 }
                 Grant::Password { username, password } => {
                     fields.push(("grant_type", z("password")));
@@ -314,7 +315,8 @@ impl OAuthClient {
                 .transpose()?;
             let secret = z(secret.as_ref().map(Secret::expose).unwrap_or_default());
             // RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
-            let enc = |s: &str| z(form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>());
+            let enc =
+                |s: &str| z(form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>());
             let pair = z(format!("{}:{}", *enc(id), *enc(&secret)));
             let creds = z(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()));
             let header = zeroizing_bytes(format!("Basic {}", *creds).into_bytes());
@@ -365,11 +367,11 @@ impl OAuthClient {
         let (status, retry_after, json_ct, body) = tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| {
-                OAuthError::Transport(format!(
-                    "no answer within {}",
-                    humantime::format_duration(timeout)
-                ))
-            })??;
+            OAuthError::Transport(format!(
+                "no answer within {}",
+                humantime::format_duration(timeout)
+            ))
+        })??;
         if status == StatusCode::OK {
             return parse_success(&body, started, self.cfg.default_lifetime)
                 .map_err(|e| match e {

@@ -299,7 +299,9 @@ impl Refresher {
             .refresh_token
             .as_ref()
             .is_some_and(|rt| !inner.spent.contains(&fingerprint(rt)));
-        if set.refresh_expires_at.is_none_or(|e| e > now) && (rt_usable || set.refresh_token.is_none()) {
+        if set.refresh_expires_at.is_none_or(|e| e > now)
+            && (rt_usable || set.refresh_token.is_none())
+        {
             inner.refresh_token = set.refresh_token.clone();
             inner.refresh_expires_at = set.refresh_expires_at;
         }
@@ -616,7 +618,8 @@ impl Refresher {
             // the entry that was judged when the write comes.
             Entry::Rejected(rejected) => (0, Some(rejected.clone())),
         };
-        let Some(version) = next_version(&[remote_version, self.store.version(), inner.version_floor])
+        let Some(version) =
+            next_version(&[remote_version, self.store.version(), inner.version_floor])
         else {
             return Err(self.versions_exhausted(inner));
         };
@@ -657,8 +660,8 @@ impl Refresher {
                         return Ok(self.store.version());
                     }
                 }
-                let version = next_version(&[self.store.version(), inner.version_floor])
-                    .unwrap_or(version);
+                let version =
+                    next_version(&[self.store.version(), inner.version_floor]).unwrap_or(version);
                 Ok(self.commit(inner, trigger, set, version))
             }
             Err(e) => {
@@ -844,7 +847,12 @@ impl Refresher {
 
     /// Handles a failed attempt: the endpoint's failures back off; a spent budget waits for
     /// room. Returns the failure to report.
-    fn failed(&self, inner: &mut Inner, trigger: Trigger, failure: RefreshFailure) -> RefreshFailure {
+    fn failed(
+        &self,
+        inner: &mut Inner,
+        trigger: Trigger,
+        failure: RefreshFailure,
+    ) -> RefreshFailure {
         match &failure {
             RefreshFailure::OAuth(e) => self.fail(inner, trigger, e),
             RefreshFailure::OverBudget(wait) => self.over_budget(inner, trigger, *wait),
@@ -1077,7 +1085,11 @@ impl Refresher {
 
     /// The timed refresh loop, until `cancel` fires. Obtains the first token unless the state
     /// file provided one. In shared mode a second loop follows the shared store.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tasks: tokio_util::task::TaskTracker) {
+    pub async fn run(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+        tasks: tokio_util::task::TaskTracker,
+    ) {
         if self.shared.is_some() {
             tasks.spawn(self.clone().follow_shared(cancel.clone()));
         }

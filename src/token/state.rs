@@ -213,13 +213,19 @@ fn parent_dir(path: &Path) -> &Path {
 
 /// Checks where a state file is to live, when the configuration is loaded: its directory must
 /// not be writable by other users (anyone who can write there can replace the file with
-/// tokens of their own), and the path must not be a symbolic link or anything but a regular
-/// file. A directory that does not exist yet is fine: it is created with mode 0700.
+/// tokens of their own), and the path must not be a directory. A directory that does not exist
+/// yet is fine: it is created with mode 0700.
 pub fn check_location(path: &Path) -> Result<(), String> {
     let dir = parent_dir(path);
     match std::fs::metadata(dir) {
         Ok(m) if !m.is_dir() => {
             return Err(format!("{} is not a directory", dir.display()));
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NOTDIR.raw_os_error()) => {
+            return Err(format!(
+                "{}: a part of the path is not a directory",
+                dir.display()
+            ));
         }
         Ok(m) if m.mode() & 0o002 != 0 => {
             return Err(format!(
@@ -232,12 +238,10 @@ pub fn check_location(path: &Path) -> Result<(), String> {
         }
         _ => {}
     }
+    // A symbolic link at the path is not followed: it is never read, and the first write
+    // replaces the link itself.
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => Err(format!(
-            "{} is a symbolic link; the state file must be a regular file",
-            path.display()
-        )),
-        Ok(m) if !m.is_file() => Err(format!("{} is not a regular file", path.display())),
+        Ok(m) if m.is_dir() => Err(format!("{} is a directory", path.display())),
         _ => Ok(()),
     }
 }
@@ -339,12 +343,13 @@ pub fn save(path: &Path, state: &State) -> Result<(), StateError> {
     let file_name = path
         .file_name()
         .map_or_else(|| "state".into(), |n| n.to_string_lossy().into_owned());
-    let data = Zeroizing::new(serde_json::to_vec_pretty(state).map_err(|e| {
-        StateError::Corrupt {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        }
-    })?);
+    let data =
+        Zeroizing::new(
+            serde_json::to_vec_pretty(state).map_err(|e| StateError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?,
+        );
     let tmp = dir.join(format!(".{file_name}.{:016x}.tmp", rand::random::<u64>()));
     let written = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -388,7 +393,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("s.json");
         assert!(load(&path).unwrap().is_none());
-        save(&path, &State::new("p", 7, &set()).with_spent(["fp".to_owned()])).unwrap();
+        save(
+            &path,
+            &State::new("p", 7, &set()).with_spent(["fp".to_owned()]),
+        )
+        .unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let back = load(&path).unwrap().unwrap();
@@ -421,14 +430,22 @@ mod tests {
         let link = dir.path().join("link.json");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         assert!(matches!(load(&link), Err(StateError::Untrusted { .. })));
-        assert!(check_location(&link).is_err());
+        // A write replaces the link, not its target.
+        save(&link, &State::new("p", 2, &set())).unwrap();
+        assert!(!std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(load(&real).unwrap().unwrap().version, 1);
         std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o666)).unwrap();
         assert!(matches!(load(&real), Err(StateError::Untrusted { .. })));
         let open = dir.path().join("open");
         std::fs::create_dir(&open).unwrap();
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o1777)).unwrap();
         let inside = open.join("s.json");
-        assert!(check_location(&inside).unwrap_err().contains("writable by every user"));
+        assert!(check_location(&inside)
+            .unwrap_err()
+            .contains("writable by every user"));
         assert!(matches!(
             save(&inside, &State::new("p", 1, &set())),
             Err(StateError::Untrusted { .. })
@@ -446,7 +463,9 @@ mod tests {
             load(&path)
         };
         let base = |version: &str, at: &str| {
-            format!(r#"{{"format":1,"profile":"p","version":{version},"access_token":"{at}","obtained_at":1,"expires_at":99999999999999,"refresh_token":null,"refresh_token_expires_at":null,"scope":null}}"#)
+            format!(
+                r#"{{"format":1,"profile":"p","version":{version},"access_token":"{at}","obtained_at":1,"expires_at":99999999999999,"refresh_token":null,"refresh_token_expires_at":null,"scope":null}}"#
+            )
         };
         assert!(write(&base("3", "ok")).is_ok());
         for (version, at) in [

@@ -67,14 +67,18 @@ where
     }
 }
 
-/// The environment every test sidecar starts with: debug logs, and a token request budget for
-/// tokens that live seconds rather than an hour (the default, 5 a minute, would hold back the
-/// refresh cycles most tests drive). Tests of the budget set their own
-/// (`.env("TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET", ..)` or the flag, which wins).
+/// The environment a test sidecar of one route and profile starts with: debug logs, and a token
+/// request budget for tokens that live seconds rather than an hour (the default, 5 a minute,
+/// would hold back the refresh cycles most tests drive). Tests of the budget set their own
+/// (`.env("TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET", ..)` or the flag, which wins). Sidecars
+/// configured by a file (`bare`) set theirs in the file, per profile.
 fn test_envs() -> Vec<(OsString, OsString)> {
     vec![
         ("TOKEN_SIDECAR_LOG".into(), "debug".into()),
-        ("TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET".into(), "1000/60s".into()),
+        (
+            "TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET".into(),
+            "1000/60s".into(),
+        ),
     ]
 }
 
@@ -116,7 +120,7 @@ impl SidecarBuilder {
                 .iter()
                 .map(OsString::from)
                 .collect(),
-            envs: test_envs(),
+            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
         }
     }
 
@@ -124,7 +128,7 @@ impl SidecarBuilder {
     pub fn raw() -> Self {
         SidecarBuilder {
             args: Vec::new(),
-            envs: test_envs(),
+            envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
         }
     }
 

@@ -122,6 +122,7 @@ e.g. RC_CLIENT_ID. Input: (dict "name" PROFILE "what" "CLIENT_ID").
 {{- if kindIs "string" . }}{{ toJson . }}
 {{- else if kindIs "bool" . }}{{ ternary "true" "false" . }}
 {{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}{{ int64 . }}
+{{- else if kindIs "slice" . }}[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ include "token-sidecar.tomlValue" $e }}{{ end }}]
 {{- else }}{{ fail (printf "cannot write %v (%s) into the TOML config" . (kindOf .)) }}
 {{- end }}
 {{- end }}
@@ -203,16 +204,22 @@ static_token = "${ {{- include "token-sidecar.envName" (dict "name" $name "what"
 state_file = {{ toJson . }}
 {{- end }}
 {{- else if has $t.grant (include "token-sidecar.oauthGrants" $ | fromJsonArray) }}
-state_file = {{ printf "%s/%s.json" (include "token-sidecar.stateDir" $) $name | toJson }}
+state_file = {{ printf "%s/state/%s.json" (include "token-sidecar.stateDir" $) $name | toJson }}
 {{- end }}
 {{- end }}
 {{- if or $v.redis.url $v.redis.existingSecretKey }}
 
 [shared]
 {{- if $v.redis.existingSecretKey }}
-redis_url = "${REDIS_URL}"
+# The URL, password included, is a file of the mounted Secret: in neither the command line nor
+# the environment.
+redis_url_file = {{ printf "%s/%s" $secretDir $v.redis.existingSecretKey | toJson }}
 {{- else }}
 redis_url = {{ toJson $v.redis.url }}
+{{- end }}
+{{- with $v.redis.sharedKeySecretKey }}
+# Entries in Redis are sealed with this key: Redis users see no token and cannot plant one.
+shared_key_file = {{ printf "%s/%s" $secretDir . | toJson }}
 {{- end }}
 {{- with $v.redis.keyPrefix }}
 key_prefix = {{ toJson . }}
@@ -271,13 +278,6 @@ startupProbe (a token is held), and stopped after them.
           name: {{ $secret }}
           key: {{ . }}
     {{- end }}
-    {{- end }}
-    {{- with $v.redis.existingSecretKey }}
-    - name: REDIS_URL
-      valueFrom:
-        secretKeyRef:
-          name: {{ $secret }}
-          key: {{ . }}
     {{- end }}
     {{- with $v.extraEnv }}
     {{- toYaml . | nindent 4 }}

@@ -442,7 +442,12 @@ impl SharedStore {
         let entry = self.judge(&reply);
         match &entry {
             Entry::Rejected(r) => self.report(r),
-            _ => *self.last_rejection.lock().unwrap_or_else(|e| e.into_inner()) = None,
+            _ => {
+                *self
+                    .last_rejection
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = None
+            }
         }
         Ok(entry)
     }
@@ -458,7 +463,11 @@ impl SharedStore {
         let (version, data) = match reply {
             [kind] if kind == b"none" => return Entry::None,
             [kind] if kind == b"type" => {
-                return rejected(RejectReason::Invalid, "the key is not a hash", "*type".into())
+                return rejected(
+                    RejectReason::Invalid,
+                    "the key is not a hash",
+                    "*type".into(),
+                )
             }
             [kind] if kind == b"large" => {
                 return rejected(RejectReason::Invalid, "oversized entry", "*large".into())
@@ -472,7 +481,11 @@ impl SharedStore {
             return rejected(RejectReason::Invalid, "the entry is not text", replace);
         };
         let Some(number) = parse_version(version) else {
-            return rejected(RejectReason::Invalid, "the version is not a whole number below 2^63", replace);
+            return rejected(
+                RejectReason::Invalid,
+                "the version is not a whole number below 2^63",
+                replace,
+            );
         };
         let json = match &self.seal {
             Some(keys) => match keys.open(&self.aad(version), data) {
@@ -499,7 +512,13 @@ impl SharedStore {
         };
         let set: SharedSet = match serde_json::from_slice(&json) {
             Ok(s) => s,
-            Err(_) => return rejected(RejectReason::Invalid, "the entry is not a token set", replace),
+            Err(_) => {
+                return rejected(
+                    RejectReason::Invalid,
+                    "the entry is not a token set",
+                    replace,
+                )
+            }
         };
         if set.state.profile != self.profile_key {
             // Another deployment sharing this Redis and profile name: its tokens are for
@@ -511,7 +530,11 @@ impl SharedStore {
             );
         }
         if set.state.version != number {
-            return rejected(RejectReason::Invalid, "the entry's version differs from its field", replace);
+            return rejected(
+                RejectReason::Invalid,
+                "the entry's version differs from its field",
+                replace,
+            );
         }
         if let Err(detail) = set.state.validate() {
             return rejected(RejectReason::Invalid, detail, replace);
@@ -524,7 +547,10 @@ impl SharedStore {
             .shared_rejected
             .with_label_values(&[self.token.as_str(), r.reason.as_str()])
             .inc();
-        let mut last = self.last_rejection.lock().unwrap_or_else(|e| e.into_inner());
+        let mut last = self
+            .last_rejection
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if last.as_ref() != Some(r) {
             tracing::warn!(
                 token = %self.token,
@@ -739,7 +765,10 @@ impl SharedStore {
                     .await
             })
             .await?;
-        self.count("unauthorized", if r.is_some() { "acquired" } else { "busy" });
+        self.count(
+            "unauthorized",
+            if r.is_some() { "acquired" } else { "busy" },
+        );
         Ok(r.is_some())
     }
 
@@ -774,7 +803,10 @@ mod tests {
     #[test]
     fn versions_are_canonical_whole_numbers_below_2_63() {
         assert_eq!(parse_version("1"), Some(1));
-        assert_eq!(parse_version("9007199254740993"), Some(9_007_199_254_740_993));
+        assert_eq!(
+            parse_version("9007199254740993"),
+            Some(9_007_199_254_740_993)
+        );
         assert_eq!(parse_version("9223372036854775806"), Some(MAX_VERSION - 1));
         for bad in [
             "",

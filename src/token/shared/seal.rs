@@ -84,18 +84,18 @@ impl SealKeys {
             raw.copy_from_slice(&data);
             return Self::from_raw(&[*raw]);
         }
-        let text = std::str::from_utf8(&data).map_err(|_| {
-            format!("key file {display}: neither 32 raw bytes nor base64 text")
-        })?;
+        let text = std::str::from_utf8(&data)
+            .map_err(|_| format!("key file {display}: neither 32 raw bytes nor base64 text"))?;
         let mut keys: Vec<[u8; 32]> = Vec::new();
         for (i, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let decoded = Zeroizing::new(decode_any_base64(line).ok_or_else(|| {
-                format!("key file {display}, line {}: not base64", i + 1)
-            })?);
+            let decoded = Zeroizing::new(
+                decode_any_base64(line)
+                    .ok_or_else(|| format!("key file {display}, line {}: not base64", i + 1))?,
+            );
             let key: [u8; 32] = decoded.as_slice().try_into().map_err(|_| {
                 format!(
                     "key file {display}, line {}: a key must be 32 bytes, this one is {}",
@@ -151,11 +151,11 @@ impl SealKeys {
         if raw.len() < NONCE_LEN + aead::AES_256_GCM.tag_len() {
             return Err(OpenError::Tampered);
         }
-        let nonce = Nonce::try_assume_unique_for_key(&raw[..NONCE_LEN])
-            .map_err(|_| OpenError::Tampered)?;
+        let nonce =
+            Nonce::try_assume_unique_for_key(&raw[..NONCE_LEN]).map_err(|_| OpenError::Tampered)?;
         let mut buf = Zeroizing::new(raw[NONCE_LEN..].to_vec());
         let len = key
-            .open_in_place(nonce, Aad::from(aad), &mut *buf)
+            .open_in_place(nonce, Aad::from(aad), &mut buf)
             .map_err(|_| OpenError::Tampered)?
             .len();
         buf.truncate(len);
@@ -194,7 +194,10 @@ mod tests {
             b"{\"access_token\":\"secret\"}"
         );
         // A fresh nonce each time.
-        assert_ne!(sealed, k.seal(b"aad", b"{\"access_token\":\"secret\"}").unwrap());
+        assert_ne!(
+            sealed,
+            k.seal(b"aad", b"{\"access_token\":\"secret\"}").unwrap()
+        );
     }
 
     #[test]
