@@ -88,8 +88,12 @@ pub fn origin(s: &str) -> Result<String, &'static str> {
 /// forwarding changes it, and a rebinding attack is told apart by the name.
 pub fn host_allowed(authority: &[u8], local: IpAddr, allowed: &[String]) -> bool {
     // The common cases without parsing.
-    if authority == b"localhost" || authority.starts_with(b"localhost:") {
-        return true;
+    for name in [&b"localhost"[..], b"127.0.0.1", b"[::1]"] {
+        if let Some(rest) = authority.strip_prefix(name) {
+            if rest.is_empty() || (rest[0] == b':' && rest[1..].iter().all(u8::is_ascii_digit)) {
+                return true;
+            }
+        }
     }
     let Ok(text) = std::str::from_utf8(authority) else {
         return false;
