@@ -799,11 +799,16 @@ fn check_headers(method: &Method, original: &HeaderMap, version: Version) {
             );
         }
     }
-    // Every other header goes through untouched.
+    // Every other header goes through untouched (`HTTP2-Settings` belongs to an `h2c` offer,
+    // which is dropped).
+    if !upgrade {
+        assert!(!h.contains_key("http2-settings"), "`http2-settings` forwarded");
+    }
     for name in original.keys() {
         let dropped = ALWAYS_DROPPED.contains(&name.as_str())
             || rewrite::is_hop_by_hop_name(name)
-            || named.contains(name);
+            || named.contains(name)
+            || (!upgrade && name.as_str() == "http2-settings");
         if !dropped {
             let before: Vec<&HeaderValue> = original.get_all(name).iter().collect();
             let after: Vec<&HeaderValue> = h.get_all(name).iter().collect();

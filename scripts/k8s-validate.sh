@@ -133,7 +133,7 @@ user_overlay() { # NAME BASE [extra secret files, comma-separated]
     echo "    files: [client-secret, jwt${3:+, $3}]"
   } > "$dir/kustomization.yaml"
   local extra
-  for extra in ${3//,/ }; do cp "$OUT/kustomize/$extra" "$dir/"; done
+  for extra in ${3:+${3//,/ }}; do cp "$OUT/kustomize/$extra" "$dir/"; done
 }
 user_overlay user-secret deploy
 user_overlay redis-user-secret deploy/overlays/redis "redis-url, shared-key"

@@ -696,21 +696,26 @@ async fn upload_flood(n: u64, len: usize, extra: &[&str]) -> (u64, String) {
             let client = client.clone();
             let url = sc.url("/slow?ms=3000");
             tokio::spawn(async move {
-                client
+                let r = client
                     .send(
                         Request::post(url)
                             .header("x-upload", i.to_string())
                             .body(full(support::pattern(42, i, len)))
                             .unwrap(),
                     )
-                    .await
-                    .status
+                    .await;
+                (r.status, r.text())
             })
         })
         .collect();
     let mut statuses = std::collections::BTreeMap::new();
+    let mut failures = Vec::new();
     for u in uploads {
-        *statuses.entry(u.await.unwrap()).or_insert(0) += 1;
+        let (status, text) = u.await.unwrap();
+        *statuses.entry(status).or_insert(0) += 1;
+        if status != 200 && failures.len() < 5 {
+            failures.push(text);
+        }
     }
     done.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
@@ -718,7 +723,7 @@ async fn upload_flood(n: u64, len: usize, extra: &[&str]) -> (u64, String) {
     assert_eq!(
         statuses.get(&200),
         Some(&(n as usize)),
-        "statuses {statuses:?}"
+        "statuses {statuses:?}: {failures:?}"
     );
     let received: Vec<_> = up
         .requests()
@@ -746,8 +751,8 @@ async fn upload_flood(n: u64, len: usize, extra: &[&str]) -> (u64, String) {
     (peak.saturating_sub(idle), sc.metrics().await)
 }
 
-/// Attack: an app (or whoever reaches the loopback port) sends 1,000 concurrent 64 KiB uploads
-/// (62.5 MiB) to a slow upstream, each small enough to be kept for a replay after a 401.
+/// Attack: an app (or whoever reaches the loopback port) sends 600 concurrent 64 KiB uploads
+/// (37.5 MiB) to a slow upstream, each small enough to be kept for a replay after a 401.
 /// Property: the copies held share `--retry-body-budget` (default 16 MiB). The same flood is
 /// measured three times: without replays (what the connections themselves cost), with the
 /// default budget, and with a budget too large to matter. With the default budget, the
@@ -756,7 +761,7 @@ async fn upload_flood(n: u64, len: usize, extra: &[&str]) -> (u64, String) {
 /// copy are counted, the held-bytes gauge returns to 0, and every upload arrives intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_copies_of_request_bodies_share_one_memory_budget() {
-    const N: u64 = 1000;
+    const N: u64 = 600;
     const LEN: usize = 64 * 1024;
     const MIB: u64 = 1024;
     let (no_replays, _) = upload_flood(N, LEN, &["--refresh-on-401", "false"]).await;
@@ -771,7 +776,7 @@ async fn replay_copies_of_request_bodies_share_one_memory_budget() {
     );
     let exceeded = metrics::sum(&m, "token_sidecar_retry_body_budget_exceeded_total", &[]);
     assert!(
-        exceeded >= 500.0,
+        exceeded >= 200.0,
         "token_sidecar_retry_body_budget_exceeded_total is {exceeded} after {N} uploads of \
          64 KiB held at once (16 MiB hold 256)"
     );
@@ -786,7 +791,7 @@ async fn replay_copies_of_request_bodies_share_one_memory_budget() {
         no_replays / MIB
     );
     assert!(
-        unbounded >= budgeted + 24 * MIB,
+        unbounded >= budgeted + 16 * MIB,
         "without a budget the copies added only {} MiB: the measurement does not see them",
         unbounded.saturating_sub(no_replays) / MIB
     );
