@@ -802,7 +802,10 @@ fn check_headers(method: &Method, original: &HeaderMap, version: Version) {
     // Every other header goes through untouched (`HTTP2-Settings` belongs to an `h2c` offer,
     // which is dropped).
     if !upgrade {
-        assert!(!h.contains_key("http2-settings"), "`http2-settings` forwarded");
+        assert!(
+            !h.contains_key("http2-settings"),
+            "`http2-settings` forwarded"
+        );
     }
     for name in original.keys() {
         let dropped = ALWAYS_DROPPED.contains(&name.as_str())
