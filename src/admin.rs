@@ -10,23 +10,31 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use crate::app::Shared;
 use crate::body::Body;
 use crate::error::{error_response, ErrorKind};
+use crate::metrics::Metrics;
+use crate::proxy::Route;
 use crate::token::{unix_seconds, Profile};
 
+/// What the admin endpoints report on and act upon.
+#[derive(Debug)]
+pub struct AdminState {
+    /// Every route, in configuration order (readiness).
+    pub routes: Vec<Arc<Route>>,
+    /// Every token profile by name (token metadata, manual refresh).
+    pub profiles: BTreeMap<String, Arc<Profile>>,
+    /// The process's metrics.
+    pub metrics: Metrics,
+}
+
 /// Answers one admin request from `peer`.
-pub async fn handle(
-    shared: Arc<Shared>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Response<Body> {
+pub async fn handle(shared: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET | &Method::HEAD, "/readyz") => readyz(&shared),
-        (&Method::GET | &Method::HEAD, "/token-info") => json_response(StatusCode::OK, &token_info(&shared)),
-        (&Method::GET | &Method::HEAD, "/metrics") => metrics(&shared),
+        (&Method::GET | &Method::HEAD, "/readyz") => readyz(shared),
+        (&Method::GET | &Method::HEAD, "/token-info") => json_response(StatusCode::OK, &token_info(shared)),
+        (&Method::GET | &Method::HEAD, "/metrics") => metrics(shared),
         (&Method::POST, "/refresh") => {
             if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
                 return error_response(ErrorKind::Forbidden, "Refresh is accepted only from a loopback peer.");
@@ -36,7 +44,7 @@ pub async fn handle(
                     .find(|(k, _)| k == "token")
                     .map(|(_, v)| v.into_owned())
             });
-            refresh(&shared, name).await
+            refresh(shared, name).await
         }
         (_, "/healthz" | "/readyz" | "/token-info" | "/metrics" | "/refresh") => {
             error_response(ErrorKind::MethodNotAllowed, "This method is not allowed on this endpoint.")
@@ -67,7 +75,7 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     r
 }
 
-fn readyz(shared: &Shared) -> Response<Body> {
+fn readyz(shared: &AdminState) -> Response<Body> {
     let now = Instant::now();
     let mut not_ready = BTreeMap::new();
     for route in &shared.routes {
@@ -116,7 +124,7 @@ pub fn profile_info(p: &Profile) -> Value {
     v
 }
 
-fn token_info(shared: &Shared) -> Value {
+fn token_info(shared: &AdminState) -> Value {
     let tokens: serde_json::Map<String, Value> = shared
         .profiles
         .iter()
@@ -125,7 +133,7 @@ fn token_info(shared: &Shared) -> Value {
     json!({ "tokens": tokens, "now": unix_seconds(SystemTime::now()) })
 }
 
-fn metrics(shared: &Shared) -> Response<Body> {
+fn metrics(shared: &AdminState) -> Response<Body> {
     let now = Instant::now();
     for (name, p) in &shared.profiles {
         let token = p.store.current();
@@ -158,7 +166,7 @@ fn metrics(shared: &Shared) -> Response<Body> {
     r
 }
 
-async fn refresh(shared: &Shared, name: Option<String>) -> Response<Body> {
+async fn refresh(shared: &AdminState, name: Option<String>) -> Response<Body> {
     // Without `?token=`, every profile: as the `refresh` subcommand does.
     let profiles: Vec<_> = match &name {
         Some(n) => match shared.profiles.get(n) {

@@ -10,9 +10,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::admin::AdminState;
 use crate::config::{Config, Grant};
 use crate::metrics::{Metrics, RouteMetrics};
-use crate::proxy::client::ClientSettings;
+use crate::proxy::pool::ClientSettings;
 use crate::proxy::pool::{Pool, PoolLimits};
 use crate::proxy::replay::ReplayBudget;
 use crate::proxy::{Route, RouteSettings};
@@ -29,17 +30,6 @@ const MAX_IDLE_CONNECTIONS: usize = 1024;
 const ADMIN_MAX_HEADER_BYTES: usize = 8 * 1024;
 /// Time an admin client has to send its request head (probes and scrapes send it at once).
 const ADMIN_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// State shared by the listeners.
-#[derive(Debug)]
-pub struct Shared {
-    /// Every route, in configuration order.
-    pub routes: Vec<Arc<Route>>,
-    /// Every token profile by name.
-    pub profiles: BTreeMap<String, Arc<Profile>>,
-    /// The process's metrics.
-    pub metrics: Metrics,
-}
 
 /// Why the sidecar could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +48,7 @@ pub enum StartError {
         /// The route.
         route: String,
         /// Why.
-        source: crate::proxy::client::ClientError,
+        source: crate::proxy::pool::ClientError,
     },
     /// A token source could not be set up.
     #[error("token {token}: {message}")]
@@ -77,8 +67,8 @@ pub struct Running {
     pub proxy_addrs: Vec<SocketAddr>,
     /// The bound admin address.
     pub admin_addr: SocketAddr,
-    /// Shared state (routes, profiles, metrics).
-    pub shared: Arc<Shared>,
+    /// What the admin endpoints see: routes, profiles, metrics.
+    pub shared: Arc<AdminState>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 }
@@ -249,7 +239,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             source,
         })?;
 
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(AdminState {
         routes: routes.clone(),
         profiles,
         metrics: metrics.clone(),
@@ -303,7 +293,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 let shared = shared.clone();
                 move |req| {
                     let shared = shared.clone();
-                    async move { Ok(crate::admin::handle(shared, peer, req).await) }
+                    async move { Ok(crate::admin::handle(&shared, peer, req).await) }
                 }
             },
             limit,

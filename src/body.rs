@@ -7,9 +7,12 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use std::sync::{Arc, Weak};
+
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 
 /// A request or response body.
 #[derive(Debug)]
@@ -23,7 +26,7 @@ pub enum Body {
     /// Frames already read from a peer, followed by the rest of the stream.
     Prefixed(VecDeque<Frame<Bytes>>, Incoming),
     /// A response body streamed from a pooled upstream connection.
-    Pooled(crate::proxy::pool::PooledBody),
+    Pooled(PooledBody),
     /// A streamed body that says when it has been read to the end (or failed, or was dropped).
     Watched(Box<Body>, Option<tokio::sync::oneshot::Sender<()>>),
 }
@@ -173,4 +176,94 @@ fn prefixed(read: bytes::BytesMut, next: Frame<Bytes>, rest: Incoming) -> Body {
     }
     frames.push_back(next);
     Body::Prefixed(frames, rest)
+}
+
+/// Where an upstream connection goes once the exchange it carried is over (the upstream pool).
+pub trait Checkin: Send + Sync {
+    /// The exchange is over: `tx` is the connection when its response was read to the end and
+    /// it can carry another request, `None` when it closes.
+    fn give_back(self: Arc<Self>, tx: Option<SendRequest<Body>>);
+}
+
+/// An HTTP/1.1 response body that gives its connection back to the pool once it has been
+/// read to its end. A body dropped before its end closes the connection instead: the rest of
+/// the response would still be on the wire.
+pub struct PooledBody {
+    body: Incoming,
+    tx: Option<SendRequest<Body>>,
+    pool: Weak<dyn Checkin>,
+}
+
+impl std::fmt::Debug for PooledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PooledBody")
+            .field("body", &self.body)
+            .finish()
+    }
+}
+
+impl PooledBody {
+    /// The response `body` of an exchange on connection `tx`, which goes back to `pool`.
+    pub fn new(body: Incoming, tx: SendRequest<Body>, pool: Weak<dyn Checkin>) -> Self {
+        PooledBody {
+            body,
+            tx: Some(tx),
+            pool,
+        }
+    }
+
+    /// The response has been read to its end: the connection goes back to the pool.
+    fn release(&mut self) {
+        if let (Some(tx), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
+            pool.give_back(Some(tx));
+        }
+    }
+
+    /// The response failed or was abandoned: the connection closes (the rest of the response
+    /// would still be on the wire), and the exchange is over all the same.
+    fn discard(&mut self) {
+        if self.tx.take().is_some() {
+            if let Some(pool) = self.pool.upgrade() {
+                pool.give_back(None);
+            }
+        }
+    }
+}
+
+impl HttpBody for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.release(),
+            Poll::Ready(Some(Err(_))) => self.discard(),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // A server may stop polling a body of known length once it says it is at its end,
+        // and never polls an empty one.
+        if self.tx.is_some() && self.body.is_end_stream() {
+            self.release();
+        } else {
+            self.discard();
+        }
+    }
 }

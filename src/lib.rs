@@ -25,4 +25,5 @@ pub mod ratelimit;
 pub mod secret;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 pub mod token;

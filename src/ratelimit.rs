@@ -6,7 +6,7 @@
 //! and a penalty. The log keeps the time of the last N events, so memory is bounded by N.
 //!
 //! [`SlidingWindow`] is the local count; the shared count across replicas is the same rule
-//! kept in Redis (see [`crate::token::shared`]).
+//! kept in Redis, by the shared store.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 
 /// The most events a rate may allow per window (bounds the memory of a window's log).
 pub const MAX_EVENTS: u32 = 100_000;
+
+/// The longest window: a year, as the longest duration any setting accepts.
+pub const MAX_WINDOW: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// At most `max` events in any window of `window`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +63,7 @@ impl FromStr for Rate {
             return Err(RateError::Count);
         }
         let window = humantime::parse_duration(d.trim()).map_err(|_| RateError::Window)?;
-        if window < Duration::from_millis(1) || window > crate::config::MAX_DURATION {
+        if window < Duration::from_millis(1) || window > MAX_WINDOW {
             return Err(RateError::Window);
         }
         Ok(Rate { max, window })

@@ -1110,7 +1110,7 @@ pub fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<Confi
             &k("upstream_ca_file"),
         )
         .map(|s| {
-            if let Err(e) = crate::proxy::client::root_store(Some(std::path::Path::new(&s.value))) {
+            if let Err(e) = crate::tls::root_store(Some(std::path::Path::new(&s.value))) {
                 c.err(format!("{}: {e}", s.key));
             }
             PathBuf::from(s.value)

@@ -13,7 +13,6 @@
 //! 8. the request is sent through the route's connection pool, bodies streamed both ways,
 //! 9. upstream failures become the sidecar's own 502/504 answers (see [`crate::error`]).
 
-pub mod client;
 mod deadline;
 pub mod growth;
 pub mod origin;
@@ -22,7 +21,6 @@ pub mod replay;
 pub mod rewrite;
 
 use std::convert::Infallible;
-use std::error::Error as StdError;
 use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -35,7 +33,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::body::Body;
-use crate::error::{error_response, token_unavailable, ErrorKind};
+use crate::error::{error_response, token_unavailable, ErrorChain, ErrorKind, UpstreamFailure};
 use crate::metrics::RouteMetrics;
 use crate::token::{Profile, TokenStore};
 use pool::{Pool, SendError};
@@ -496,19 +494,22 @@ impl Route {
     }
 
     fn upstream_failure(&self, err: &SendError) -> Response<Body> {
-        let (kind, label, message) = classify(err);
-        if kind == ErrorKind::BadRequest {
-            tracing::debug!(route = %self.name, error = %ErrorChain(err), "the app's request body failed");
-            return self.reject(kind, message);
+        let failure = UpstreamFailure::classify(err, err.is_connect());
+        match failure.metric_label() {
+            None => {
+                tracing::debug!(route = %self.name, error = %ErrorChain(err), "the app's request body failed");
+            }
+            Some(label) => {
+                self.metrics.upstream_error(label);
+                tracing::warn!(
+                    route = %self.name,
+                    kind = label,
+                    error = %ErrorChain(err),
+                    "upstream request failed"
+                );
+            }
         }
-        self.metrics.upstream_error(label);
-        tracing::warn!(
-            route = %self.name,
-            kind = label,
-            error = %ErrorChain(err),
-            "upstream request failed"
-        );
-        self.reject(kind, message)
+        self.reject(failure.kind(), failure.message())
     }
 }
 
@@ -525,98 +526,4 @@ fn clone_head(
     head.version = version;
     head.headers = headers.clone();
     head
-}
-
-/// Maps a client error to the response kind, the metric label and the client-facing sentence.
-fn classify(err: &SendError) -> (ErrorKind, &'static str, &'static str) {
-    // The app's own request body failed (a malformed chunk, a dropped upload): the app's
-    // fault, not the upstream's.
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    while let Some(e) = source {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            return (
-                ErrorKind::BadRequest,
-                "request_body",
-                "The request body could not be read.",
-            );
-        }
-        source = e.source();
-    }
-    let mut source: Option<&(dyn StdError + 'static)> = Some(err);
-    let mut timed_out = false;
-    while let Some(e) = source {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return (
-                ErrorKind::UpstreamUnreachable,
-                "tls",
-                "The TLS handshake with the upstream failed.",
-            );
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                timed_out = true;
-            }
-            if wraps_tls_error(io) {
-                return (
-                    ErrorKind::UpstreamUnreachable,
-                    "tls",
-                    "The TLS handshake with the upstream failed.",
-                );
-            }
-        }
-        source = e.source();
-    }
-    if err.is_connect() {
-        if timed_out {
-            return (
-                ErrorKind::UpstreamUnreachable,
-                "timeout",
-                "Connecting to the upstream timed out.",
-            );
-        }
-        return (
-            ErrorKind::UpstreamUnreachable,
-            "connect",
-            "The upstream could not be reached.",
-        );
-    }
-    (
-        ErrorKind::UpstreamError,
-        "protocol",
-        "The connection to the upstream failed before a complete response arrived.",
-    )
-}
-
-/// Whether an I/O error wraps a rustls error, possibly through further I/O errors (hyper-rustls
-/// wraps tokio-rustls's `io::Error` in another one). `io::Error::source` skips the wrapped
-/// error itself, so the chain is walked through `get_ref`.
-fn wraps_tls_error(io: &std::io::Error) -> bool {
-    let mut inner: Option<&(dyn StdError + 'static)> = io.get_ref().map(|e| e as _);
-    while let Some(e) = inner {
-        if e.downcast_ref::<rustls::Error>().is_some() {
-            return true;
-        }
-        inner = match e.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref().map(|e| e as _),
-            None => e.source(),
-        };
-    }
-    false
-}
-
-/// Displays an error with its whole cause chain.
-pub struct ErrorChain<'a>(pub &'a (dyn StdError + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(e) = src {
-            write!(f, ": {e}")?;
-            src = e.source();
-        }
-        Ok(())
-    }
 }

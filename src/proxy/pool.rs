@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use http::header::{HeaderValue, HOST};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, Response};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2, TrySendError};
 use hyper_rustls::HttpsConnector;
@@ -31,10 +30,32 @@ use prometheus::IntGauge;
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
 use tower::Service as _;
 
-use super::client::{tls_config, ClientError, ClientSettings};
+use crate::tls::{tls_config, TlsError};
+
+/// Why a pool could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The TLS configuration could not be built.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The upstream URL cannot be used as a request target or `Host` header.
+    #[error("upstream URL: {0}")]
+    Upstream(String),
+}
+
+/// Connection settings of a route's upstream pool.
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    /// Upper bound on establishing a TCP connection (TLS included in the request timeout).
+    pub connect_timeout: Duration,
+    /// How long an idle pooled connection is kept.
+    pub pool_idle_timeout: Duration,
+    /// Extra PEM CA file trusted besides the system and webpki roots.
+    pub ca_file: Option<std::path::PathBuf>,
+}
 use super::growth::{Growth, FLOOR};
 use super::rewrite::Upstream;
-use crate::body::Body;
+use crate::body::{Body, Checkin, PooledBody};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
 type Connector = HttpsConnector<HttpConnector>;
@@ -276,7 +297,7 @@ impl Pool {
         limits: PoolLimits,
         open: IntGauge,
     ) -> Result<Self, ClientError> {
-        let roots = super::client::root_store(settings.ca_file.as_deref())?;
+        let roots = crate::tls::root_store(settings.ca_file.as_deref())?;
         let connector = make_connector(settings, tls_config(roots.clone())?, true);
         let upgrade_connector = make_connector(settings, tls_config(roots)?, false);
         let mut h1 = http1::Builder::new();
@@ -386,12 +407,8 @@ impl Pool {
 
     fn pooled(&self, resp: Response<Incoming>, tx: http1::SendRequest<Body>) -> Response<Body> {
         let (parts, body) = resp.into_parts();
-        let body = PooledBody {
-            body,
-            tx: Some(tx),
-            pool: Arc::downgrade(&self.inner),
-        };
-        Response::from_parts(parts, Body::Pooled(body))
+        let pool: Weak<dyn Checkin> = Arc::downgrade(&self.inner) as Weak<dyn Checkin>;
+        Response::from_parts(parts, Body::Pooled(PooledBody::new(body, tx, pool)))
     }
 
     async fn send_h1(
@@ -698,77 +715,11 @@ fn spawn_reaper(pool: Weak<Inner>, timeout: Duration) {
     });
 }
 
-/// An HTTP/1.1 response body that gives its connection back to the pool once it has been
-/// read to its end. A body dropped before its end closes the connection instead: the rest of
-/// the response would still be on the wire.
-pub struct PooledBody {
-    body: Incoming,
-    tx: Option<http1::SendRequest<Body>>,
-    pool: Weak<Inner>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("body", &self.body)
-            .finish()
-    }
-}
-
-impl PooledBody {
-    /// The response has been read to its end: the connection goes back to the pool.
-    fn release(&mut self) {
-        if let (Some(tx), Some(pool)) = (self.tx.take(), self.pool.upgrade()) {
-            pool.growth.returned();
-            pool.checkin(tx);
-        }
-    }
-
-    /// The response failed or was abandoned: the connection closes (the rest of the response
-    /// would still be on the wire), and the exchange is over all the same.
-    fn discard(&mut self) {
-        if self.tx.take().is_some() {
-            if let Some(pool) = self.pool.upgrade() {
-                pool.growth.returned();
-            }
-        }
-    }
-}
-
-impl http_body::Body for PooledBody {
-    type Data = bytes::Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, hyper::Error>>> {
-        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
-        match &polled {
-            std::task::Poll::Ready(None) => self.release(),
-            std::task::Poll::Ready(Some(Err(_))) => self.discard(),
-            _ => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        // A server may stop polling a body of known length once it says it is at its end,
-        // and never polls an empty one.
-        if self.tx.is_some() && self.body.is_end_stream() {
-            self.release();
-        } else {
-            self.discard();
+impl Checkin for Inner {
+    fn give_back(self: Arc<Self>, tx: Option<http1::SendRequest<Body>>) {
+        self.growth.returned();
+        if let Some(tx) = tx {
+            self.checkin(tx);
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod file;
 pub mod oauth;
 pub mod refresher;
 pub mod schedule;
+pub mod set;
 pub mod shared;
 pub mod state;
 

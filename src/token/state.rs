@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::secret::Secret;
-use crate::token::oauth::{TokenSet, MAX_TOKEN_BYTES};
+use crate::token::set::{TokenSet, MAX_TOKEN_BYTES};
 use crate::token::MAX_VERSION;
 
 /// The largest state file read (two tokens of at most 16 KiB and the spent fingerprints).

@@ -1,12 +1,12 @@
-//! TLS settings shared by the upstream pool and the token endpoint client.
+//! TLS client settings shared by the upstream pool and the token endpoint client: trust roots
+//! (webpki's, the system's, an extra PEM file) and the rustls configuration.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-/// Why a client could not be built.
+/// Why a TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
-pub enum ClientError {
+pub enum TlsError {
     /// The CA file could not be read.
     #[error("cannot read CA file {path}: {source}")]
     CaFile {
@@ -21,24 +21,10 @@ pub enum ClientError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
-    /// The upstream URL cannot be used as a request target or `Host` header.
-    #[error("upstream URL: {0}")]
-    Upstream(String),
-}
-
-/// Connection settings of a route's upstream pool.
-#[derive(Debug, Clone)]
-pub struct ClientSettings {
-    /// Upper bound on establishing a TCP connection (TLS included in the request timeout).
-    pub connect_timeout: Duration,
-    /// How long an idle pooled connection is kept.
-    pub pool_idle_timeout: Duration,
-    /// Extra PEM CA file trusted besides the system and webpki roots.
-    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Loads the trust roots: webpki's bundled roots, the system's, and an optional PEM file.
-pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, ClientError> {
+pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     let native = rustls_native_certs::load_native_certs();
@@ -48,7 +34,7 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, Clien
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
         use rustls_pki_types::pem::PemObject;
-        let pem = std::fs::read(path).map_err(|source| ClientError::CaFile {
+        let pem = std::fs::read(path).map_err(|source| TlsError::CaFile {
             path: path.display().to_string(),
             source,
         })?;
@@ -57,14 +43,14 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, Clien
             .collect();
         let (added, _) = roots.add_parsable_certificates(certs);
         if added == 0 {
-            return Err(ClientError::NoCertificate(path.display().to_string()));
+            return Err(TlsError::NoCertificate(path.display().to_string()));
         }
     }
     Ok(roots)
 }
 
 /// Builds a TLS client configuration (the connector sets ALPN).
-pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, ClientError> {
+pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
