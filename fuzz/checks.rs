@@ -23,7 +23,8 @@ use http::{Method, StatusCode, Version};
 use token_sidecar::config::{self, file, Flags, Grant};
 use token_sidecar::proxy::rewrite::{self, Upstream};
 use token_sidecar::secret::Secret;
-use token_sidecar::token::oauth::{self, OAuthError, TokenSet};
+use token_sidecar::token::oauth::{self, OAuthError};
+use token_sidecar::token::set::TokenSet;
 
 /// Whether an invariant whose violation is a reported, not yet fixed bug is to be skipped:
 /// `FUZZ_KNOWN_BUGS=retry-after-cap,connection-obs-text,empty-path,default-lifetime-overflow` lets a fuzzing run look for other bugs

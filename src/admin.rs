@@ -28,7 +28,11 @@ pub struct AdminState {
 }
 
 /// Answers one admin request from `peer`.
-pub async fn handle(shared: &AdminState, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(
+    shared: &AdminState,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET | &Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),

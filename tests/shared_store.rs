@@ -267,7 +267,7 @@ async fn redis_outage_costs_no_request_and_past_expiry_nobody_stampedes() {
 async fn a_stale_holders_write_is_fenced_off() {
     use token_sidecar::config::SharedConfig;
     use token_sidecar::secret::Secret;
-    use token_sidecar::token::oauth::TokenSet;
+    use token_sidecar::token::set::TokenSet;
     use token_sidecar::token::shared::SharedStore;
     use token_sidecar::token::state::State;
 

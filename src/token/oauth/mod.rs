@@ -25,14 +25,13 @@ use crate::config::{ClientAuth, Grant, TokenConfig};
 use crate::secret::{zeroizing_bytes, Secret, SecretSource};
 use crate::token::set::TokenSet;
 pub use error::{FailureClass, OAuthError};
-use response::{parse_error, parse_retry_after, parse_success};
+pub use response::{parse_error, parse_retry_after, parse_success};
 
 /// RFC 7523's grant type.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
 /// Token responses larger than this are refused (a token set is a few kilobytes).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-
 
 /// Where token requests go: the token endpoint, or a fake of it in the refresher's tests.
 pub trait TokenEndpoint: Send + Sync + 'static {
@@ -296,4 +295,3 @@ impl OAuthClient {
 
 /// Form fields whose values are credentials.
 const SECRET_FIELDS: [&str; 4] = ["assertion", "refresh_token", "password", "client_secret"];
-
