@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -18,9 +18,10 @@ use crate::proxy::pool::{Pool, PoolLimits};
 use crate::proxy::replay::ReplayBudget;
 use crate::proxy::{Route, RouteSettings};
 use crate::server::{self, ListenerSettings};
-use crate::token::file::FileSource;
+use crate::token::file::TokenFile;
 use crate::token::refresher::Refresher;
-use crate::token::{NewToken, Profile, Source, TokenStore, Trigger};
+use crate::token::source::Fixed;
+use crate::token::{Profile, TokenSource, TokenStore, Trigger};
 
 /// Idle upstream connections kept per route; more are closed when they become idle.
 const MAX_IDLE_CONNECTIONS: usize = 1024;
@@ -107,46 +108,31 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .collect();
         prefixes.sort();
         prefixes.dedup();
-        let store = Arc::new(TokenStore::new(name.as_str(), prefixes));
-        let source = match &tc.grant {
-            Grant::Static { token } => {
-                store
-                    .publish(NewToken {
-                        access_token: token.clone(),
-                        expires_at: None,
-                        obtained_at: SystemTime::now(),
-                    })
-                    .map_err(|e| StartError::Token {
-                        token: name.clone(),
-                        message: e.to_string(),
-                    })?;
-                store.record_attempt(Trigger::Startup.as_str(), Ok(()));
-                metrics
-                    .token_refreshes
-                    .with_label_values(&[name.as_str(), Trigger::Startup.as_str(), "success"])
-                    .inc();
-                Source::Static
-            }
+        let store = Arc::new(TokenStore::new(name.as_str(), prefixes).with_metrics(metrics.clone()));
+        let start_error = |message: String| StartError::Token {
+            token: name.clone(),
+            message,
+        };
+        let source: Arc<dyn TokenSource> = match &tc.grant {
+            Grant::Static { token } => Arc::new(
+                Fixed::publish(&store, token.clone()).map_err(|e| start_error(e.to_string()))?,
+            ),
             Grant::File {
                 path,
                 poll_interval,
             } => {
-                let mut src = FileSource::new(path.clone(), *poll_interval, store.clone())
-                    .with_metrics(metrics.clone());
-                src.reload(Trigger::Startup.as_str());
-                tracker.spawn(src.run(shutdown.clone()));
-                Source::File(path.clone())
+                let file = Arc::new(TokenFile::new(path.clone(), *poll_interval, store.clone()));
+                file.reload(Trigger::Startup);
+                tracker.spawn(file.clone().run(shutdown.clone()));
+                file
             }
             _ => {
                 let refresher = Arc::new(
                     Refresher::new(tc, store.clone(), metrics.clone(), config.shared.as_ref())
-                        .map_err(|message| StartError::Token {
-                            token: name.clone(),
-                            message,
-                        })?,
+                        .map_err(start_error)?,
                 );
                 tracker.spawn(refresher.clone().run(shutdown.clone(), tracker.clone()));
-                Source::OAuth(refresher)
+                refresher
             }
         };
         profiles.insert(
@@ -156,7 +142,6 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 grant_kind: tc.grant.kind(),
                 store,
                 source,
-                metrics: metrics.clone(),
             }),
         );
     }
@@ -169,8 +154,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut listeners = Vec::new();
     for rc in &config.routes {
         let profile = profiles[&rc.token].clone();
-        // A static token cannot change: a 401 is passed through as it is.
-        let refresh_on_401 = rc.refresh_on_401 && !matches!(profile.source, Source::Static);
+        // A token that cannot be renewed (a static one): a 401 is passed through as it is.
+        let refresh_on_401 = rc.refresh_on_401 && profile.source.can_renew();
         let store = profile.store.clone();
         let pool = Pool::new(
             &rc.upstream,

@@ -3,82 +3,69 @@
 //! Kubernetes updates a Secret volume by writing a new timestamped directory and swapping the
 //! `..data` symlink; editors and `mv` replace the file by rename. Both show up as events on the
 //! file's *directory*, so that is what is watched (inotify through `notify`). A periodic check
-//! backs the watch up (network file systems, missed events). A file that is empty, unreadable
-//! or holds bytes a header cannot carry keeps the previous token and the reason is logged.
+//! backs the watch up (network file systems, missed events). A file that is empty, unreadable,
+//! oversized or holds bytes a header cannot carry keeps the previous token and the reason is
+//! logged.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
 use notify::Watcher;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::source::{RefreshError, TokenSource};
+use super::{NewToken, Outcome, TokenStore, Trigger};
 use crate::secret::read_secret_file;
-use crate::token::{NewToken, TokenStore};
 
-/// Watches a token file and publishes its content into a store.
+/// A token file, watched, publishing its content into a store.
 #[derive(Debug)]
-pub struct FileSource {
+pub struct TokenFile {
     path: PathBuf,
     poll_interval: Duration,
     store: Arc<TokenStore>,
-    last_error: Option<String>,
-    metrics: Option<crate::metrics::Metrics>,
+    /// The last error reported, so that a file that stays bad is reported once.
+    last_error: Mutex<Option<String>>,
 }
 
-impl FileSource {
+impl TokenFile {
     /// A source for `path`, checked at least every `poll_interval`.
     pub fn new(path: PathBuf, poll_interval: Duration, store: Arc<TokenStore>) -> Self {
-        FileSource {
+        TokenFile {
             path,
             poll_interval,
             store,
-            last_error: None,
-            metrics: None,
-        }
-    }
-
-    /// Counts each token change (and each newly unusable file) in
-    /// `token_sidecar_token_refreshes_total`.
-    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
-        self.metrics = Some(metrics);
-        self
-    }
-
-    fn count(&self, trigger: &str, result: &str) {
-        if let Some(m) = &self.metrics {
-            m.token_refreshes
-                .with_label_values(&[self.store.name(), trigger, result])
-                .inc();
+            last_error: Mutex::new(None),
         }
     }
 
     /// Reads the file once and publishes its token if it differs from the current one.
     /// Returns whether a token is held afterwards.
-    pub fn reload(&mut self, trigger: &'static str) -> bool {
+    pub fn reload(&self, trigger: Trigger) -> bool {
+        let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match self.read() {
             Ok(changed) => {
-                if changed || self.last_error.is_some() {
-                    self.store.record_attempt(trigger, Ok(()));
-                }
                 if changed {
-                    self.count(trigger, "success");
+                    self.store.record(trigger, Outcome::Obtained);
+                } else if last.is_some() {
+                    // The file is good again, with the token already held.
+                    self.store.record(trigger, Outcome::Reused);
                 }
-                self.last_error = None;
+                *last = None;
             }
             Err(e) => {
-                if self.last_error.as_deref() != Some(e.as_str()) {
+                if last.as_deref() != Some(e.as_str()) {
                     tracing::warn!(
                         token = %self.store.name(),
                         path = %self.path.display(),
                         error = %e,
                         "token file not usable; keeping the previous token"
                     );
-                    self.store.record_attempt(trigger, Err(e.clone()));
-                    self.count(trigger, "failure");
+                    self.store.record(trigger, Outcome::Failed(e.clone()));
                 }
-                self.last_error = Some(e);
+                *last = Some(e);
             }
         }
         self.store.load().is_some()
@@ -102,7 +89,7 @@ impl FileSource {
     }
 
     /// Watches the file until `cancel` fires.
-    pub async fn run(mut self, cancel: CancellationToken) {
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
         let (tx, mut rx) = mpsc::channel::<()>(1);
         let watch_dir = self
             .path
@@ -135,7 +122,7 @@ impl FileSource {
         tick.tick().await;
         // A change between the first read and the watch starting would otherwise wait for the
         // periodic check.
-        self.reload("file");
+        self.reload(Trigger::File);
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -146,7 +133,30 @@ impl FileSource {
                     while rx.try_recv().is_ok() {}
                 }
             }
-            self.reload("file");
+            self.reload(Trigger::File);
         }
+    }
+}
+
+impl TokenSource for TokenFile {
+    fn refresh_now(&self, trigger: Trigger) -> BoxFuture<'_, Result<(), RefreshError>> {
+        self.reload(trigger);
+        let status = self.store.status();
+        let result = match status.error {
+            Some(e) if status.result == Some("failure") => Err(RefreshError::Failed(e)),
+            _ => Ok(()),
+        };
+        Box::pin(async move { result })
+    }
+
+    fn on_unauthorized(&self, failed_version: u64) -> BoxFuture<'_, Option<u64>> {
+        // The file may hold a newer token than the watch has seen yet.
+        self.reload(Trigger::File);
+        let v = self.store.version();
+        Box::pin(async move { (v > failed_version).then_some(v) })
+    }
+
+    fn info(&self) -> Option<serde_json::Value> {
+        Some(serde_json::json!({ "token_file": self.path.display().to_string() }))
     }
 }

@@ -2,7 +2,9 @@
 //! publish into it.
 //!
 //! A [`TokenStore`] holds the current token of one token profile in an [`ArcSwapOption`].
-//! Sources and refreshers [`publish`](TokenStore::publish) new tokens; the request path does
+//! Sources ([`source::TokenSource`]: a fixed token, a watched file, the OAuth2
+//! [`refresher`]) [`publish`](TokenStore::publish) new tokens and [`record`](TokenStore::record)
+//! each attempt, which is also where the refresh metrics are counted; the request path does
 //! one atomic load and clones a ready-made [`HeaderValue`] (a reference-count increment, no
 //! allocation).
 
@@ -12,7 +14,10 @@ pub mod refresher;
 pub mod schedule;
 pub mod set;
 pub mod shared;
+pub mod source;
 pub mod state;
+
+pub use source::{Profile, RefreshError, TokenSource};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -152,6 +157,8 @@ pub struct TokenStore {
     status: Mutex<RefreshStatus>,
     version_tx: watch::Sender<u64>,
     retry_after: AtomicU64,
+    /// Where attempts are counted (`token_sidecar_token_refreshes_total`, ...).
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -181,7 +188,14 @@ impl TokenStore {
             status: Mutex::new(RefreshStatus::default()),
             version_tx: watch::channel(0).0,
             retry_after: AtomicU64::new(1),
+            metrics: None,
         }
+    }
+
+    /// The same store, counting every attempt in `metrics`.
+    pub fn with_metrics(mut self, metrics: crate::metrics::Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// The profile's name.
@@ -310,18 +324,36 @@ impl TokenStore {
         self.version_tx.subscribe()
     }
 
-    /// Records the outcome of an attempt to obtain a token.
-    pub fn record_attempt(&self, trigger: &'static str, result: Result<(), String>) {
+    /// Records the outcome of an attempt to obtain a token: for `/token-info` and `/readyz`,
+    /// and in the metrics (the one place they are counted).
+    pub fn record(&self, trigger: Trigger, outcome: Outcome) {
+        if let Some(m) = &self.metrics {
+            match &outcome {
+                Outcome::Obtained => m
+                    .token_refreshes
+                    .with_label_values(&[&self.name, trigger.as_str(), "success"])
+                    .inc(),
+                Outcome::Failed(_) => m
+                    .token_refreshes
+                    .with_label_values(&[&self.name, trigger.as_str(), "failure"])
+                    .inc(),
+                Outcome::Deferred(_) => m
+                    .token_requests_deferred
+                    .with_label_values(&[&self.name])
+                    .inc(),
+                Outcome::Reused | Outcome::Held(_) => {}
+            }
+        }
         let mut st = self.status.lock().unwrap_or_else(|e| e.into_inner());
-        st.trigger = Some(trigger);
+        st.trigger = Some(trigger.as_str());
         st.at = Some(unix_seconds(SystemTime::now()));
-        match result {
-            Ok(()) => {
+        match outcome {
+            Outcome::Obtained | Outcome::Reused => {
                 st.result = Some("success");
                 st.error = None;
                 st.consecutive_failures = 0;
             }
-            Err(e) => {
+            Outcome::Failed(e) | Outcome::Deferred(e) | Outcome::Held(e) => {
                 st.result = Some("failure");
                 st.error = Some(e);
                 st.consecutive_failures = st.consecutive_failures.saturating_add(1);
@@ -416,6 +448,22 @@ mod tests {
     }
 }
 
+/// How an attempt to obtain a token ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new token was obtained (counted as a successful refresh).
+    Obtained,
+    /// A still-valid token was taken over without a request (a state file at start).
+    Reused,
+    /// The request failed (counted as a failed refresh); the message never holds a token.
+    Failed(String),
+    /// No request was sent: the token request budget was spent (counted as deferred).
+    Deferred(String),
+    /// No request was sent for another reason (the shared store is away, another replica
+    /// holds the lock).
+    Held(String),
+}
+
 /// What started an attempt to obtain a token (metric label `trigger`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -429,6 +477,8 @@ pub enum Trigger {
     Manual,
     /// A token learned from the shared store.
     Shared,
+    /// A token file that changed.
+    File,
 }
 
 impl Trigger {
@@ -440,147 +490,7 @@ impl Trigger {
             Trigger::Unauthorized => "unauthorized",
             Trigger::Manual => "manual",
             Trigger::Shared => "shared",
-        }
-    }
-}
-
-/// Where a profile's tokens come from at run time.
-pub enum Source {
-    /// A fixed token.
-    Static,
-    /// A watched file.
-    File(std::path::PathBuf),
-    /// An OAuth2 token endpoint.
-    OAuth(Arc<refresher::Refresher>),
-}
-
-/// A token profile: its store and the source that feeds it.
-pub struct Profile {
-    /// The profile's name.
-    pub name: String,
-    /// The configured grant.
-    pub grant_kind: &'static str,
-    /// The store its routes read.
-    pub store: Arc<TokenStore>,
-    /// What feeds the store.
-    pub source: Source,
-    /// Where re-reads of a token file (manual, after a 401) are counted.
-    pub metrics: crate::metrics::Metrics,
-}
-
-impl std::fmt::Debug for Profile {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Profile")
-            .field("name", &self.name)
-            .field("grant", &self.grant_kind)
-            .finish_non_exhaustive()
-    }
-}
-
-/// Why a forced refresh failed.
-#[derive(Debug, thiserror::Error)]
-pub enum RefreshError {
-    /// The source could not provide a token; the message never holds one.
-    #[error("{0}")]
-    Failed(String),
-    /// Too soon after the last one, or the token request budget is spent: nothing was sent.
-    #[error("{message}")]
-    Throttled {
-        /// Why.
-        message: String,
-        /// When to ask again.
-        retry_after: Duration,
-    },
-}
-
-impl Profile {
-    /// Obtains a new token now (for `POST /refresh`), single-flight with any refresh running.
-    pub async fn refresh_now(&self, trigger: Trigger) -> Result<(), RefreshError> {
-        match &self.source {
-            Source::Static => Ok(()),
-            Source::File(path) => {
-                let mut src =
-                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone())
-                        .with_metrics(self.metrics.clone());
-                src.reload(trigger.as_str());
-                let status = self.store.status();
-                match status.error {
-                    Some(e) if status.result == Some("failure") => Err(RefreshError::Failed(e)),
-                    _ => Ok(()),
-                }
-            }
-            Source::OAuth(r) => {
-                let result = if trigger == Trigger::Manual {
-                    r.refresh_manual().await
-                } else {
-                    r.refresh(trigger, None).await
-                };
-                result.map(|_| ()).map_err(|e| match e {
-                    refresher::RefreshFailure::Throttled(d)
-                    | refresher::RefreshFailure::OverBudget(d) => RefreshError::Throttled {
-                        message: e.to_string(),
-                        retry_after: d,
-                    },
-                    refresher::RefreshFailure::Waiting(secs) => RefreshError::Throttled {
-                        message: e.to_string(),
-                        retry_after: Duration::from_secs(secs),
-                    },
-                    e => RefreshError::Failed(e.to_string()),
-                })
-            }
-        }
-    }
-
-    /// Handles an upstream 401 for a request sent with token `failed_version`: returns the
-    /// version of a newer token to replay with, or `None` when there is none.
-    pub async fn on_unauthorized(&self, failed_version: u64) -> Option<u64> {
-        match &self.source {
-            Source::Static => None,
-            Source::File(path) => {
-                let mut src =
-                    file::FileSource::new(path.clone(), Duration::from_secs(1), self.store.clone())
-                        .with_metrics(self.metrics.clone());
-                src.reload("file");
-                let v = self.store.version();
-                (v > failed_version).then_some(v)
-            }
-            Source::OAuth(r) => match r.on_unauthorized(failed_version).await {
-                Ok(v) => Some(v),
-                Err(e) => {
-                    tracing::info!(token = %self.name, reason = %e, "no newer token after a 401");
-                    None
-                }
-            },
-        }
-    }
-
-    /// Extra fields for `/token-info`.
-    pub fn extra_info(&self) -> Option<serde_json::Value> {
-        match &self.source {
-            Source::File(path) => {
-                Some(serde_json::json!({ "token_file": path.display().to_string() }))
-            }
-            Source::Static => None,
-            Source::OAuth(r) => {
-                let (has_rt, rt_exp) = r.refresh_token_info();
-                let mut v = serde_json::json!({
-                    "has_refresh_token": has_rt,
-                    "refresh_token_expires_at": rt_exp,
-                    "next_refresh_at": r.next_attempt_unix(),
-                });
-                if let (Some((replica, refreshed_by)), Some(obj)) =
-                    (r.shared_info(), v.as_object_mut())
-                {
-                    obj.insert(
-                        "shared".into(),
-                        serde_json::json!({
-                            "replica": replica,
-                            "refreshed_by": refreshed_by,
-                        }),
-                    );
-                }
-                Some(v)
-            }
+            Trigger::File => "file",
         }
     }
 }

@@ -29,7 +29,7 @@ const MAX_STATE_BYTES: u64 = 128 * 1024;
 pub const MAX_SPENT: usize = 32;
 
 /// What is persisted.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct State {
     /// Format version of the file.
     pub format: u32,

@@ -28,6 +28,7 @@
 
 pub mod seal;
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -62,7 +63,7 @@ impl From<redis::RedisError> for SharedError {
 }
 
 /// The token set as stored in Redis.
-#[derive(Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 pub struct SharedSet {
     /// The tokens (same layout as the state file, spent refresh tokens included).
     pub state: State,
@@ -115,7 +116,7 @@ pub struct Rejected {
 }
 
 /// What the profile's key holds.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Entry {
     /// Nothing.
     None,
@@ -124,6 +125,18 @@ pub enum Entry {
     Set(SharedSet),
     /// Something that cannot be trusted.
     Rejected(Rejected),
+}
+
+impl Rejected {
+    /// A rejection of an entry, replaced only while the entry is the one `replace` names (the
+    /// SHA-1 of its data, `*type` or `*large`).
+    pub fn new(reason: RejectReason, detail: &'static str, replace: String) -> Self {
+        Rejected {
+            reason,
+            detail,
+            replace,
+        }
+    }
 }
 
 impl Entry {
@@ -244,6 +257,129 @@ local wait = tonumber(oldest[2]) + window - ms
 if wait < 1 then wait = 1 end
 return wait
 ";
+
+/// What the refresher needs of a shared store: [`SharedStore`] (Redis), or a fake of it in the
+/// refresher's tests. Every operation may fail with a [`SharedError`] (the store is away).
+pub trait SharedBackend: Send + Sync + 'static {
+    /// Notifications of new sets.
+    type Updates: Updates;
+    /// This replica's name.
+    fn replica(&self) -> &str;
+    /// How long a holder of the refresh lock keeps it without extending it.
+    fn lock_ttl(&self) -> Duration;
+    /// What the profile's key holds.
+    fn read(&self) -> impl Future<Output = Result<Entry, SharedError>> + Send;
+    /// Tries to take the refresh lock.
+    fn try_lock(&self) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    /// Whether any replica holds the refresh lock.
+    fn lock_held(&self) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    /// Extends the lock if this replica holds it.
+    fn extend(&self) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    /// Releases the lock if this replica holds it.
+    fn unlock(&self) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    /// Writes `state` fenced by version (or replacing the untrusted entry `replacing`);
+    /// `false` when fenced off.
+    fn write(
+        &self,
+        state: State,
+        replacing: Option<&Rejected>,
+    ) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    /// Asks every replica to send no token request for `wait`.
+    fn hold(&self, wait: Duration) -> impl Future<Output = Result<(), SharedError>> + Send;
+    /// What is left of a hold set by any replica.
+    fn hold_left(&self) -> impl Future<Output = Result<Option<Duration>, SharedError>> + Send;
+    /// Counts one token request against `rate` for all replicas together.
+    fn take_budget(
+        &self,
+        rate: Rate,
+    ) -> impl Future<Output = Result<Result<(), Duration>, SharedError>> + Send;
+    /// Claims the one 401-triggered refresh all replicas may make per `interval`.
+    fn claim_unauthorized(
+        &self,
+        interval: Duration,
+    ) -> impl Future<Output = Result<bool, SharedError>> + Send;
+    /// Subscribes to notifications of new sets.
+    fn subscribe(&self) -> impl Future<Output = Result<Self::Updates, SharedError>> + Send;
+}
+
+/// A subscription to notifications of new sets.
+pub trait Updates: Send {
+    /// Waits for the next notification; `false` when the subscription has ended.
+    fn next(&mut self) -> impl Future<Output = bool> + Send;
+}
+
+impl Updates for redis::aio::PubSub {
+    async fn next(&mut self) -> bool {
+        use futures_util::StreamExt;
+        self.on_message().next().await.is_some()
+    }
+}
+
+impl SharedBackend for SharedStore {
+    type Updates = redis::aio::PubSub;
+
+    fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
+    }
+
+    fn read(&self) -> impl Future<Output = Result<Entry, SharedError>> + Send {
+        SharedStore::read(self)
+    }
+
+    fn try_lock(&self) -> impl Future<Output = Result<bool, SharedError>> + Send {
+        SharedStore::try_lock(self)
+    }
+
+    fn lock_held(&self) -> impl Future<Output = Result<bool, SharedError>> + Send {
+        SharedStore::lock_held(self)
+    }
+
+    fn extend(&self) -> impl Future<Output = Result<bool, SharedError>> + Send {
+        SharedStore::extend(self)
+    }
+
+    fn unlock(&self) -> impl Future<Output = Result<bool, SharedError>> + Send {
+        SharedStore::unlock(self)
+    }
+
+    fn write(
+        &self,
+        state: State,
+        replacing: Option<&Rejected>,
+    ) -> impl Future<Output = Result<bool, SharedError>> + Send {
+        SharedStore::write(self, state, replacing)
+    }
+
+    fn hold(&self, wait: Duration) -> impl Future<Output = Result<(), SharedError>> + Send {
+        SharedStore::hold(self, wait)
+    }
+
+    fn hold_left(&self) -> impl Future<Output = Result<Option<Duration>, SharedError>> + Send {
+        SharedStore::hold_left(self)
+    }
+
+    fn take_budget(
+        &self,
+        rate: Rate,
+    ) -> impl Future<Output = Result<Result<(), Duration>, SharedError>> + Send {
+        SharedStore::take_budget(self, rate)
+    }
+
+    fn claim_unauthorized(
+        &self,
+        interval: Duration,
+    ) -> impl Future<Output = Result<bool, SharedError>> + Send {
+        SharedStore::claim_unauthorized(self, interval)
+    }
+
+    fn subscribe(&self) -> impl Future<Output = Result<Self::Updates, SharedError>> + Send {
+        SharedStore::subscribe(self)
+    }
+}
 
 /// One profile's view of the shared store.
 pub struct SharedStore {

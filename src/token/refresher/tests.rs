@@ -1,0 +1,2 @@
+//! Unit tests of the refresher's state machine: fakes of the token endpoint and the shared
+//! store, tokio's paused clock.
