@@ -108,7 +108,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .collect();
         prefixes.sort();
         prefixes.dedup();
-        let store = Arc::new(TokenStore::new(name.as_str(), prefixes).with_metrics(metrics.clone()));
+        let store =
+            Arc::new(TokenStore::new(name.as_str(), prefixes).with_metrics(metrics.clone()));
         let start_error = |message: String| StartError::Token {
             token: name.clone(),
             message,

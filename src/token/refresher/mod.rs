@@ -35,9 +35,7 @@ use crate::config::{Grant, SharedConfig, TokenConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::SlidingWindow;
 use crate::secret::Secret;
-use crate::token::oauth::{
-    FailureClass, GrantRequest, OAuthClient, OAuthError, TokenEndpoint,
-};
+use crate::token::oauth::{FailureClass, GrantRequest, OAuthClient, OAuthError, TokenEndpoint};
 use crate::token::schedule::{backoff, refresh_delay};
 use crate::token::set::TokenSet;
 use crate::token::shared::{SharedBackend, SharedError, SharedStore};
@@ -149,6 +147,9 @@ struct Observed {
 
 /// The outcome of the last manual refresh, shared with the calls that waited for it.
 struct Manual {
+    /// Counts the manual refreshes made: a call that saw a lower count when it arrived waited
+    /// for this one, and shares its result.
+    done: u64,
     finished: Instant,
     result: Result<u64, RefreshFailure>,
 }
@@ -164,6 +165,8 @@ pub struct Refresher<E = OAuthClient, S = SharedStore> {
     inner: tokio::sync::Mutex<Inner>,
     /// Manual refreshes: one at a time, coalesced, at most one per `min_refresh_interval`.
     manual: tokio::sync::Mutex<Option<Manual>>,
+    /// Manual refreshes made so far (read without the lock, to tell who waited for whom).
+    manual_done: std::sync::atomic::AtomicU64,
     reschedule: Notify,
     /// Identifies the configuration a state file or shared set belongs to.
     profile_key: String,
@@ -221,7 +224,13 @@ impl Refresher {
             .map(|sc| SharedStore::new(sc, &cfg.name, &profile_key(cfg), lock_ttl, metrics))
             .transpose()
             .map_err(|e| e.to_string())?;
-        Ok(Self::with_parts(cfg, store, endpoint, shared, Clock::system()))
+        Ok(Self::with_parts(
+            cfg,
+            store,
+            endpoint,
+            shared,
+            Clock::system(),
+        ))
     }
 }
 
@@ -254,6 +263,7 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
                 budget: SlidingWindow::new(cfg.request_budget),
             }),
             manual: tokio::sync::Mutex::new(None),
+            manual_done: std::sync::atomic::AtomicU64::new(0),
             reschedule: Notify::new(),
             profile_key: profile_key(cfg),
             observed: std::sync::Mutex::new(Observed::default()),
@@ -392,19 +402,23 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
     /// A manual refresh (`POST /refresh`): calls that arrive while one runs share its result;
     /// one sooner than `min_refresh_interval` after the last is refused with the time to wait.
     pub async fn refresh_manual(&self) -> Result<u64, RefreshFailure> {
-        let arrived = self.clock.now();
+        use std::sync::atomic::Ordering;
+        let seen = self.manual_done.load(Ordering::Acquire);
         let mut last = self.manual.lock().await;
+        let now = self.clock.now();
         if let Some(m) = last.as_ref() {
-            if m.finished >= arrived {
+            if m.done > seen {
                 return m.result.clone();
             }
             let next = m.finished + self.cfg.min_refresh_interval;
-            if arrived < next {
-                return Err(RefreshFailure::Throttled(next - arrived));
+            if now < next {
+                return Err(RefreshFailure::Throttled(next - now));
             }
         }
         let result = self.refresh(Trigger::Manual, None).await;
+        let done = self.manual_done.fetch_add(1, Ordering::AcqRel) + 1;
         *last = Some(Manual {
+            done,
             finished: self.clock.now(),
             result: result.clone(),
         });
@@ -754,7 +768,11 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
 
     /// The timed refresh loop, until `cancel` fires. Obtains the first token unless the state
     /// file provided one. In shared mode a second task (in `tasks`) follows the shared store.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken, tasks: tokio_util::task::TaskTracker) {
+    pub async fn run(
+        self: Arc<Self>,
+        cancel: CancellationToken,
+        tasks: tokio_util::task::TaskTracker,
+    ) {
         if self.shared.is_some() {
             tasks.spawn(self.clone().follow_shared(cancel.clone()));
         }

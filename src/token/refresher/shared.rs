@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    jitter, next_version, Hold, Inner, Refresher, RefreshFailure, BACKOFF_BASE, BACKOFF_FLOOR,
+    jitter, next_version, Hold, Inner, RefreshFailure, Refresher, BACKOFF_BASE, BACKOFF_FLOOR,
 };
 use crate::config::Grant;
 use crate::token::oauth::TokenEndpoint;
@@ -213,7 +213,12 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
 
     /// Another replica was answered `Retry-After` and `left` of it remains: hold here too, and
     /// plan the timer after it (spread, so that the replicas do not all ask at its end).
-    fn held_by_another(&self, inner: &mut Inner, trigger: Trigger, left: Duration) -> RefreshFailure {
+    fn held_by_another(
+        &self,
+        inner: &mut Inner,
+        trigger: Trigger,
+        left: Duration,
+    ) -> RefreshFailure {
         let now = self.clock.now();
         inner.not_before = Some((now + left, Hold::RetryAfter));
         let spread = (left / 10 + BACKOFF_FLOOR).mul_f64(jitter());
@@ -222,7 +227,8 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
             .set_retry_after((left + spread).as_secs().clamp(1, 300));
         tracing::info!(token = %self.name, wait_ms = left.as_millis() as u64, "another replica was asked to wait by the token endpoint; waiting too");
         let failure = RefreshFailure::Waiting(left.as_secs().max(1));
-        self.store.record(trigger, Outcome::Held(failure.to_string()));
+        self.store
+            .record(trigger, Outcome::Held(failure.to_string()));
         failure
     }
 
