@@ -15,7 +15,9 @@
 //! paused clock (`tests.rs`), beside the end-to-end ones.
 
 mod clock;
+mod outcome;
 mod persist;
+mod request;
 mod shared;
 #[cfg(test)]
 mod tests;
@@ -31,19 +33,17 @@ use tokio_util::sync::CancellationToken;
 
 pub use clock::Clock;
 
-use crate::config::{Grant, SharedConfig, TokenConfig};
+use crate::config::{SharedConfig, TokenConfig};
 use crate::metrics::Metrics;
 use crate::ratelimit::SlidingWindow;
 use crate::secret::Secret;
-use crate::token::oauth::{FailureClass, GrantRequest, OAuthClient, OAuthError, TokenEndpoint};
-use crate::token::schedule::{backoff, refresh_delay};
+use crate::token::oauth::{OAuthClient, OAuthError, TokenEndpoint};
+use crate::token::schedule::refresh_delay;
 use crate::token::set::TokenSet;
 use crate::token::shared::{SharedBackend, SharedError, SharedStore};
 use crate::token::source::{RefreshError, TokenSource};
-use crate::token::state::{State, MAX_SPENT};
-use crate::token::{
-    fingerprint, unix_seconds, NewToken, Outcome, TokenStore, Trigger, MAX_VERSION,
-};
+use crate::token::state::State;
+use crate::token::{fingerprint, unix_seconds, NewToken, TokenStore, Trigger, MAX_VERSION};
 
 /// First retry delay after a transient failure.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -298,17 +298,6 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         (o.has_refresh_token, o.refresh_expires_unix)
     }
 
-    /// Remembers that a refresh token must never be sent again.
-    fn mark_spent(inner: &mut Inner, fp: String) {
-        if !inner.spent.contains(&fp) {
-            inner.spent_unsaved = true;
-            inner.spent.push_back(fp);
-            while inner.spent.len() > MAX_SPENT {
-                inner.spent.pop_front();
-            }
-        }
-    }
-
     /// Takes over a token set obtained elsewhere (state file, shared store): its spent refresh
     /// tokens, its refresh token unless spent, and its access token when newer and unexpired.
     /// Returns whether it was published.
@@ -478,16 +467,6 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         }
     }
 
-    /// No newer version can follow the newest known one: only a state file or shared entry
-    /// written by someone else can get there. Nothing is requested; the current token is kept.
-    fn versions_exhausted(&self, inner: &mut Inner) -> RefreshFailure {
-        tracing::error!(token = %self.name, "the token versions are exhausted (a state file or shared entry claimed a version no newer one can follow); remove it, and seal shared entries with --shared-key-file");
-        self.set_next_attempt(inner, self.clock.now() + REJECTED_RETRY);
-        RefreshFailure::OAuth(OAuthError::Credentials(
-            "no newer token version is possible".into(),
-        ))
-    }
-
     /// Whether a token obtained at `obtained` with `lifetime` is due for its refresh (at the
     /// earliest jittered point).
     fn is_due(&self, st: &State) -> bool {
@@ -499,229 +478,6 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
     /// The state to persist or share for `set`, with the spent refresh tokens.
     fn state_of(&self, inner: &Inner, version: u64, set: &TokenSet) -> State {
         State::new(&self.profile_key, version, set).with_spent(inner.spent.iter().cloned())
-    }
-
-    /// Records a successful token request: refresh token kept, state persisted, token
-    /// published, next refresh scheduled.
-    fn commit(&self, inner: &mut Inner, trigger: Trigger, set: TokenSet, version: u64) -> u64 {
-        if set.refresh_token.is_some() {
-            inner.refresh_token = set.refresh_token.clone();
-            inner.refresh_expires_at = set.refresh_expires_at;
-        }
-        inner.version_floor = inner.version_floor.max(version);
-        // Persist first: the rotated refresh token must survive a crash right after.
-        self.persist(inner, &set, version);
-        let published = self.store.publish_versioned(
-            NewToken {
-                access_token: set.access_token.clone(),
-                expires_at: Some(set.expires_at),
-                obtained_at: set.obtained_at,
-            },
-            version,
-        );
-        // `Ok(None)`: a newer version was published meanwhile (adopted from elsewhere): it
-        // stays. An error is defensive: the response parser already checked the token.
-        if let Err(e) = published {
-            tracing::error!(token = %self.name, error = %e, "the new token could not be published");
-        }
-        inner.failures = 0;
-        inner.not_before = None;
-        let delay = refresh_delay(set.lifetime(), self.cfg.refresh_margin, jitter());
-        self.set_next_attempt(inner, self.clock.now() + delay.max(BACKOFF_FLOOR));
-        self.store.set_retry_after(1);
-        self.store.record(trigger, Outcome::Obtained);
-        tracing::debug!(
-            token = %self.name,
-            trigger = trigger.as_str(),
-            version,
-            lifetime_s = set.lifetime().as_secs(),
-            next_refresh_in_s = delay.as_secs(),
-            rotated_refresh_token = set.refresh_token.is_some(),
-            "token refreshed"
-        );
-        if trigger != Trigger::Timer {
-            self.reschedule.notify_one();
-        }
-        version
-    }
-
-    /// Handles a failed attempt: the endpoint's failures back off; a spent budget waits for
-    /// room. Returns the failure to report.
-    fn failed(
-        &self,
-        inner: &mut Inner,
-        trigger: Trigger,
-        failure: RefreshFailure,
-    ) -> RefreshFailure {
-        match &failure {
-            RefreshFailure::OAuth(e) => self.fail(inner, trigger, e),
-            RefreshFailure::OverBudget(wait) => self.over_budget(inner, trigger, *wait),
-            _ => {}
-        }
-        self.persist_spent(inner);
-        failure
-    }
-
-    /// The budget has no room: nothing was sent. The timer waits for room (jittered, so that
-    /// replicas do not all ask at once); other triggers report it.
-    fn over_budget(&self, inner: &mut Inner, trigger: Trigger, wait: Duration) {
-        let spread = (wait / 10 + BACKOFF_FLOOR).mul_f64(jitter());
-        let now = self.clock.now();
-        if inner.next_attempt < now + wait {
-            self.set_next_attempt(inner, now + wait + spread);
-        }
-        self.store
-            .set_retry_after((wait + spread).as_secs().clamp(1, 3600));
-        let message = format!(
-            "the token request budget ({}) is spent; next token request in {}s",
-            self.cfg.request_budget,
-            wait.as_secs().max(1)
-        );
-        tracing::warn!(token = %self.name, trigger = trigger.as_str(), wait_ms = wait.as_millis() as u64, "{message}");
-        self.store.record(trigger, Outcome::Deferred(message));
-    }
-
-    fn fail(&self, inner: &mut Inner, trigger: Trigger, e: &OAuthError) {
-        inner.failures = inner.failures.saturating_add(1);
-        let transient = backoff(
-            inner.failures - 1,
-            BACKOFF_BASE,
-            BACKOFF_CAP,
-            BACKOFF_FLOOR,
-            jitter(),
-        );
-        let (delay, hold) = match e.class() {
-            FailureClass::Transient => (transient, None),
-            // Never shorter than the backoff: a 429 saying `Retry-After: 0` (or an HTTP date
-            // already past, from a server whose clock is behind) is still a refusal, and
-            // retrying it on a fixed 250 ms beat would keep the rate limit's penalty going.
-            FailureClass::RetryAfter(Some(d)) => (
-                (d + transient.min(d / 10 + BACKOFF_FLOOR)).max(transient),
-                Some(Hold::RetryAfter),
-            ),
-            FailureClass::RetryAfter(None) => {
-                (DEFAULT_RETRY_AFTER.max(transient), Some(Hold::RetryAfter))
-            }
-            FailureClass::Rejected => (REJECTED_RETRY, Some(Hold::Rejected)),
-        };
-        let now = self.clock.now();
-        if let Some(h) = hold {
-            inner.not_before = Some((now + delay, h));
-        }
-        self.set_next_attempt(inner, now + delay);
-        self.store.set_retry_after(delay.as_secs().clamp(1, 300));
-        self.store.record(trigger, Outcome::Failed(e.to_string()));
-        let valid = self
-            .store
-            .load()
-            .as_ref()
-            .is_some_and(|t| t.is_valid_at(std::time::Instant::now()));
-        tracing::warn!(
-            token = %self.name,
-            trigger = trigger.as_str(),
-            error = %e,
-            consecutive_failures = inner.failures,
-            retry_in_ms = delay.as_millis() as u64,
-            current_token_valid = valid,
-            "token refresh failed"
-        );
-        if trigger != Trigger::Timer {
-            self.reschedule.notify_one();
-        }
-    }
-
-    /// Takes a place in the token request budget: this replica's own count, and the count of
-    /// all replicas in Redis when shared. Redis being unreachable leaves the local count, which
-    /// still bounds this replica.
-    async fn spend_budget(&self, inner: &mut Inner) -> Result<(), RefreshFailure> {
-        let local = inner.budget.wait(self.clock.now().into_std());
-        if !local.is_zero() {
-            return Err(RefreshFailure::OverBudget(local));
-        }
-        if let Some(shared) = &self.shared {
-            match shared.take_budget(self.cfg.request_budget).await {
-                Ok(Ok(())) => {}
-                Ok(Err(wait)) => return Err(RefreshFailure::OverBudget(wait)),
-                Err(e) => {
-                    tracing::debug!(token = %self.name, error = %e, "the shared budget could not be read; counting locally");
-                }
-            }
-        }
-        inner
-            .budget
-            .try_acquire(self.clock.now().into_std())
-            .map_err(RefreshFailure::OverBudget)
-    }
-
-    /// One token request within the budget.
-    async fn request(
-        &self,
-        inner: &mut Inner,
-        grant: GrantRequest<'_>,
-    ) -> Result<TokenSet, RefreshFailure> {
-        self.spend_budget(inner).await?;
-        Ok(self.endpoint.request(grant).await?)
-    }
-
-    /// Obtains a token set: with the refresh token when one is held (and not spent), else with
-    /// the primary grant. Every refresh token sent is remembered as spent once the endpoint
-    /// has exchanged or rejected it.
-    async fn obtain(&self, inner: &mut Inner) -> Result<TokenSet, RefreshFailure> {
-        if inner
-            .refresh_expires_at
-            .is_some_and(|e| e <= self.clock.wall())
-        {
-            tracing::info!(token = %self.name, "the refresh token has expired; using the primary grant");
-            inner.refresh_token = None;
-        }
-        if let Some(rt) = inner.refresh_token.clone() {
-            let fp = fingerprint(&rt);
-            if inner.spent.contains(&fp) {
-                tracing::warn!(token = %self.name, "the refresh token held was already exchanged; using the primary grant");
-                inner.refresh_token = None;
-                inner.refresh_expires_at = None;
-            } else {
-                match self.request(inner, GrantRequest::Refresh(&rt)).await {
-                    Ok(set) => {
-                        Self::mark_spent(inner, fp);
-                        return Ok(set);
-                    }
-                    Err(RefreshFailure::OAuth(e)) if e.is_invalid_grant() => {
-                        tracing::warn!(token = %self.name, error = %e, "the refresh token was rejected; falling back to the primary grant");
-                        Self::mark_spent(inner, fp);
-                        inner.refresh_token = None;
-                        inner.refresh_expires_at = None;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        let bootstrap = match &self.cfg.grant {
-            Grant::RefreshToken { refresh_token } => {
-                let b = refresh_token.load().map_err(OAuthError::from)?;
-                let fp = fingerprint(&b);
-                if inner.spent.contains(&fp) {
-                    return Err(OAuthError::Credentials(
-                        "the refresh token in the refresh token file was already exchanged and the rotated one is gone; write a new refresh token to the file".into(),
-                    )
-                    .into());
-                }
-                Some(fp)
-            }
-            _ => None,
-        };
-        let set = self.request(inner, GrantRequest::Primary).await;
-        if let Some(fp) = bootstrap {
-            let sent = match &set {
-                Ok(_) => true,
-                Err(RefreshFailure::OAuth(e)) => e.is_invalid_grant(),
-                Err(_) => false,
-            };
-            if sent {
-                Self::mark_spent(inner, fp);
-            }
-        }
-        set
     }
 
     /// Handles a 401 for a request sent with `failed_version`: returns once the store holds a
