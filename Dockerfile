@@ -12,9 +12,14 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 # Build settings for the C part of the allocator (mimalloc); see the file.
 COPY .cargo ./.cargo
+# The test doubles' crate (a member of the workspace): cargo needs it to resolve the
+# workspace, but the build below has no features, so the binary holds none of it.
+COPY testkit/Cargo.toml ./testkit/Cargo.toml
+COPY testkit/src ./testkit/src
 COPY src ./src
-# The line tables are compressed (36 MB -> 15 MB) rather than stripped, so panics and
-# backtraces keep their file:line.
+# No features: the shipped binary has no `dev` demo and no test double. The line tables are
+# compressed (36 MB -> 15 MB) rather than stripped, so panics and backtraces keep their
+# file:line.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked --bin token-sidecar \

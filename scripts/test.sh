@@ -26,11 +26,19 @@ npm ci --prefix examples/ringcentral-node --no-audit --no-fund --loglevel=error
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 
+# The workspace: the product and testkit/ (the test doubles, with their own tests). The `dev`
+# feature builds the `token-sidecar dev` demo into the binary, for its test in tests/oauth.rs.
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets --features dev -- -D warnings
+echo "== cargo clippy (the shipped build: no features)"
+cargo clippy --locked -p token-sidecar --lib --bins -- -D warnings
 
 echo "== cargo test"
-cargo test --locked --all-targets -- --test-threads="${TEST_THREADS:-4}"
+cargo test --locked --workspace --all-targets --features dev -- --test-threads="${TEST_THREADS:-4}"
+
+# The shipped binary (no features) holds no test double.
+echo "== the release binary's dependencies"
+./scripts/check-release-deps.sh
 
 echo "== Kubernetes manifests and Helm chart"
 ./scripts/k8s-validate.sh

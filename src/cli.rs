@@ -18,21 +18,38 @@ pub fn main() -> i32 {
         Some(Command::Run(flags)) => run(&flags, &env),
         Some(Command::Check(flags)) => check(&flags, &env),
         Some(Command::Refresh(flags)) => refresh(&flags, &env),
-        Some(Command::Dev(flags)) => {
-            crate::telemetry::init(if flags.log_format == "json" {
-                config::LogFormat::Json
-            } else {
-                config::LogFormat::Text
-            });
-            match runtime(2) {
-                Ok(rt) => rt.block_on(crate::demo::run(&flags)),
-                Err(e) => {
-                    eprintln!("token-sidecar: cannot start the runtime: {e}");
-                    EXIT_START_FAILED
-                }
-            }
+        Some(Command::Dev(flags)) => dev(&flags),
+    }
+}
+
+/// Exit code of `dev` in a build without the demo (the `dev` feature off, as shipped).
+pub const EXIT_NO_DEMO: i32 = 2;
+
+/// `token-sidecar dev`: the demo, with its RingCentral-like doubles in this build.
+#[cfg(feature = "dev")]
+fn dev(flags: &config::DevFlags) -> i32 {
+    crate::telemetry::init(if flags.log_format == "json" {
+        config::LogFormat::Json
+    } else {
+        config::LogFormat::Text
+    });
+    match runtime(2) {
+        Ok(rt) => rt.block_on(crate::demo::run(flags)),
+        Err(e) => {
+            eprintln!("token-sidecar: cannot start the runtime: {e}");
+            EXIT_START_FAILED
         }
     }
+}
+
+/// `token-sidecar dev` in the shipped build: the product holds no test double, so no demo.
+#[cfg(not(feature = "dev"))]
+fn dev(_flags: &config::DevFlags) -> i32 {
+    eprintln!(
+        "token-sidecar dev: this build has no demo; from a source checkout, run it with: \
+         cargo run --release --features dev -- dev"
+    );
+    EXIT_NO_DEMO
 }
 
 /// Makes the process non-dumpable before any secret is read: no core dump, and no other process

@@ -1,14 +1,17 @@
-//! `token-sidecar dev`: the whole thing on this machine, with no credentials.
+//! `token-sidecar dev`: the whole thing on this machine, with no credentials. Built only with
+//! the `dev` feature (`cargo run --release --features dev -- dev`): the shipped binary has no
+//! demo and no double.
 //!
-//! Starts the RingCentral-like token server and API double from [`crate::dev`] on loopback,
-//! then the sidecar in front of the API with the JWT grant, short-lived tokens and a state-less
-//! setup, and prints what to try.
+//! Starts the RingCentral-like token server and API doubles of [`token_sidecar_testkit`] on
+//! loopback, then the sidecar in front of the API with the JWT grant, short-lived tokens and a
+//! state-less setup, and prints what to try.
 
 use std::time::Duration;
 
+use token_sidecar_testkit::api::ApiServer;
+use token_sidecar_testkit::token_server::{TokenServer, TokenServerConfig, DEV_ASSERTION};
+
 use crate::config::{self, DevFlags, Flags};
-use crate::dev::api::ApiServer;
-use crate::dev::token_server::{TokenServer, TokenServerConfig, DEV_ASSERTION};
 
 /// Runs the demo until SIGTERM/SIGINT; returns the exit code.
 pub async fn run(flags: &DevFlags) -> i32 {
@@ -77,6 +80,8 @@ pub async fn run(flags: &DevFlags) -> i32 {
         client_secret_file: Some(secret_file),
         assertion_file: Some(jwt_file),
         min_refresh_interval: Some("2s".into()),
+        // 5 a minute (the default: RingCentral's real limit) would hold back POST /refresh here.
+        token_request_budget: Some("20/60s".into()),
         threads: Some("2".into()),
         ..Flags::default()
     };

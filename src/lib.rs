@@ -16,8 +16,8 @@ pub mod app;
 pub mod body;
 pub mod cli;
 pub mod config;
+#[cfg(feature = "dev")]
 pub mod demo;
-pub mod dev;
 pub mod error;
 pub mod metrics;
 pub mod proxy;

@@ -22,7 +22,7 @@ use support::metrics;
 use support::rc::Rig;
 use support::scripted::{read_request, Scripted};
 use support::{eventually, Client, Sidecar, SidecarBuilder, Upstream, DEADLINE, MARKER};
-use token_sidecar::dev::token_server::{Fault, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX};
+use token_sidecar_testkit::token_server::{Fault, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

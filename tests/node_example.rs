@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 
 use support::rc::Rig;
-use token_sidecar::dev::token_server::TokenServerConfig;
+use token_sidecar_testkit::token_server::TokenServerConfig;
 
 #[tokio::test]
 async fn ringcentral_sdk_with_auth_proxy_works_through_the_sidecar() {
@@ -54,5 +54,5 @@ async fn ringcentral_sdk_with_auth_proxy_works_through_the_sidecar() {
     }
     assert_eq!(rig.ts.successful_logins(), 1);
     assert_eq!(rig.api.count_by_status().get(&200).copied(), Some(5));
-    sc.assert_logs_free_of(token_sidecar::dev::token_server::TOKEN_PREFIX);
+    sc.assert_logs_free_of(token_sidecar_testkit::token_server::TOKEN_PREFIX);
 }

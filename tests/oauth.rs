@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use support::metrics;
 use support::rc::Rig;
 use support::{Client, Sidecar, SidecarBuilder, DEADLINE};
-use token_sidecar::dev::token_server::{
+use token_sidecar_testkit::token_server::{
     Fault, TokenServerConfig, DEV_ASSERTION, JWT_BEARER_GRANT, TOKEN_PREFIX,
 };
 
@@ -54,7 +54,7 @@ async fn jwt_login_injects_a_token_the_api_accepts() {
     assert_eq!(reqs[0].grant_type, JWT_BEARER_GRANT);
     assert_eq!(
         reqs[0].client_auth,
-        token_sidecar::dev::token_server::ClientAuthKind::Basic
+        token_sidecar_testkit::token_server::ClientAuthKind::Basic
     );
     // /readyz turns 200 once the token is published; the refresher records the outcome (and
     // whether it holds a refresh token) just after that: wait for the record.
@@ -667,7 +667,7 @@ async fn client_credentials_with_body_auth_and_extra_params() {
     assert_eq!(req.grant_type, "client_credentials");
     assert_eq!(
         req.client_auth,
-        token_sidecar::dev::token_server::ClientAuthKind::Body
+        token_sidecar_testkit::token_server::ClientAuthKind::Body
     );
     assert_eq!(
         req.params.get("scope").map(String::as_str),
@@ -681,6 +681,9 @@ async fn client_credentials_with_body_auth_and_extra_params() {
     assert_nothing_leaked(&sc).await;
 }
 
+// The demo is in the binary only with the `dev` feature; scripts/test.sh always enables it
+// (scripts/check-release-deps.sh checks the answer of a binary without it).
+#[cfg(feature = "dev")]
 #[tokio::test]
 async fn dev_subcommand_shows_injection_and_refresh_working() {
     let sc = SidecarBuilder::raw()

@@ -19,7 +19,7 @@ use support::rc::Rig;
 use support::scripted::Scripted;
 use support::sidecar::run_once;
 use support::{eventually, Client, Sidecar, SidecarBuilder, Upstream, DEADLINE, MARKER};
-use token_sidecar::dev::token_server::{Fault, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX};
+use token_sidecar_testkit::token_server::{Fault, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A client secret that must never show.

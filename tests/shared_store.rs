@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::redis::Redis;
 use support::{Client, Sidecar, SidecarBuilder, DEADLINE};
-use token_sidecar::dev::token_server::{Fault, RateLimit, TokenServerConfig, TOKEN_PREFIX};
+use token_sidecar_testkit::token_server::{Fault, RateLimit, TokenServerConfig, TOKEN_PREFIX};
 
 struct Rig {
     rc: support::rc::Rig,

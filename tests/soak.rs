@@ -33,7 +33,7 @@ use support::client::full;
 use support::procfs::{fd_count, rss_kib};
 use support::rc::Rig;
 use support::{Client, SidecarBuilder};
-use token_sidecar::dev::token_server::{Fault, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX};
+use token_sidecar_testkit::token_server::{Fault, TokenServerConfig, DEV_ASSERTION, TOKEN_PREFIX};
 
 const FILE_TOKEN: &str = "soak-MARKER-file";
 

@@ -21,7 +21,9 @@ use support::metrics;
 use support::redis::Redis;
 use support::trust_tokens::{self as tt, BUDGET_ENV, NEW_KEY, OLD_KEY};
 use support::{Client, Resp, Sidecar, SidecarBuilder, Upstream, DEADLINE};
-use token_sidecar::dev::token_server::{token_fingerprint, Fault, TokenServerConfig, TOKEN_PREFIX};
+use token_sidecar_testkit::token_server::{
+    token_fingerprint, Fault, TokenServerConfig, TOKEN_PREFIX,
+};
 
 type Conn = ::redis::aio::MultiplexedConnection;
 

@@ -19,7 +19,9 @@ use support::rc::Rig;
 use support::scripted::Scripted;
 use support::trust_tokens::{self as tt};
 use support::{Client, Fnv, Resp, Sidecar, SidecarBuilder, Upstream, DEADLINE, MARKER};
-use token_sidecar::dev::token_server::{token_fingerprint, Fault, TokenServerConfig, TOKEN_PREFIX};
+use token_sidecar_testkit::token_server::{
+    token_fingerprint, Fault, TokenServerConfig, TOKEN_PREFIX,
+};
 use tokio::io::AsyncWriteExt;
 
 async fn post_refresh(sc: &Sidecar) -> Resp {

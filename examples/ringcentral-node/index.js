@@ -4,7 +4,7 @@
 // logs out: token-sidecar, listening on `server`, owns the token. Every instance of this app,
 // however many, shares the sidecar's one session.
 //
-//   cargo run --release -- dev        # or a real sidecar in front of platform.ringcentral.com
+//   cargo run --release --features dev -- dev   # or a real sidecar in front of platform.ringcentral.com
 //   npm install && node index.js
 'use strict';
 

@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use token_sidecar::dev::api::ApiServer;
-use token_sidecar::dev::token_server::{TokenServer, TokenServerConfig, DEV_ASSERTION};
+use token_sidecar_testkit::api::ApiServer;
+use token_sidecar_testkit::token_server::{TokenServer, TokenServerConfig, DEV_ASSERTION};
 
 use super::SidecarBuilder;
 

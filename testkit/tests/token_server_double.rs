@@ -11,8 +11,8 @@ use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 
-use token_sidecar::dev::api::ApiServer;
-use token_sidecar::dev::token_server::{
+use token_sidecar_testkit::api::ApiServer;
+use token_sidecar_testkit::token_server::{
     token_fingerprint, ClientAuthKind, Fault, RateLimit, TokenServer, TokenServerConfig,
     DEV_ASSERTION, HUGE_BODY_LEN, JWT_BEARER_GRANT, REDACTED, TOKEN_PREFIX,
 };

@@ -1,5 +1,6 @@
-//! Test doubles of RingCentral's platform, small enough to run inside this binary: the
-//! `token-sidecar dev` demo and the integration tests both use them.
+//! Test doubles of RingCentral's platform, used by token-sidecar's tests and by the
+//! `token-sidecar dev` demo (built only with the `dev` feature). They are not part of the
+//! product: the shipped binary does not contain them.
 //!
 //! - [`token_server`]: the OAuth2 token endpoint (`/restapi/oauth/token`, `/restapi/oauth/revoke`)
 //!   with RingCentral's grants, error bodies, refresh-token rotation and grace window, session
@@ -8,6 +9,9 @@
 //!   valid, answers RingCentral's 401 bodies otherwise, and echoes what it received.
 //!
 //! Both listen on loopback on a port chosen by the system, and stop when dropped.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod api;
 pub mod token_server;
