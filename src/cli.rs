@@ -3,10 +3,7 @@
 
 use clap::Parser;
 
-use crate::config::{self, Cli, Command, Flags, EXIT_INVALID_CONFIG};
-
-/// Exit code when the sidecar could not start (a port in use, an unreadable CA file, ...).
-pub const EXIT_START_FAILED: i32 = 1;
+use crate::config::{self, Cli, Command, Flags};
 
 /// Runs the command line and returns the exit code.
 pub fn main() -> i32 {
@@ -22,9 +19,6 @@ pub fn main() -> i32 {
     }
 }
 
-/// Exit code of `dev` in a build without the demo (the `dev` feature off, as shipped).
-pub const EXIT_NO_DEMO: i32 = 2;
-
 /// `token-sidecar dev`: the demo, with its RingCentral-like doubles in this build.
 #[cfg(feature = "dev")]
 fn dev(flags: &config::DevFlags) -> i32 {
@@ -37,7 +31,7 @@ fn dev(flags: &config::DevFlags) -> i32 {
         Ok(rt) => rt.block_on(crate::demo::run(flags)),
         Err(e) => {
             eprintln!("token-sidecar: cannot start the runtime: {e}");
-            EXIT_START_FAILED
+            crate::exit::START_FAILED
         }
     }
 }
@@ -49,7 +43,7 @@ fn dev(_flags: &config::DevFlags) -> i32 {
         "token-sidecar dev: this build has no demo; from a source checkout, run it with: \
          cargo run --release --features dev -- dev"
     );
-    EXIT_NO_DEMO
+    crate::exit::USAGE
 }
 
 /// Makes the process non-dumpable before any secret is read: no core dump, and no other process
@@ -67,7 +61,7 @@ fn harden_process() {
 fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::Config, i32> {
     config::load(flags, env).map_err(|e| {
         eprint!("token-sidecar: {e}");
-        EXIT_INVALID_CONFIG
+        crate::exit::INVALID_CONFIG
     })
 }
 
@@ -87,7 +81,7 @@ fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     match init_and_load(flags, env) {
         Ok(cfg) => {
             print!("configuration OK\n{}", cfg.summary());
-            0
+            crate::exit::OK
         }
         Err(code) => code,
     }
@@ -115,7 +109,7 @@ fn run(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the runtime");
-            return EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
     rt.block_on(serve(cfg))
@@ -128,7 +122,7 @@ async fn serve(cfg: config::Config) -> i32 {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start");
-            return EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
     tracing::info!(
@@ -136,30 +130,14 @@ async fn serve(cfg: config::Config) -> i32 {
         version = env!("CARGO_PKG_VERSION"),
         "token-sidecar started"
     );
-    let signal = wait_for_signal().await;
+    let signal = crate::app::shutdown_signal().await;
     tracing::info!(signal, grace = ?grace, "shutting down: no new connections, draining in-flight requests");
     if running.shutdown(grace).await {
         tracing::info!("shutdown complete");
     } else {
         tracing::warn!(grace = ?grace, "in-flight requests did not finish within the grace period");
     }
-    0
-}
-
-pub(crate) async fn wait_for_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stopping on SIGINT only");
-            let _ = tokio::signal::ctrl_c().await;
-            return "SIGINT";
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-    }
+    crate::exit::OK
 }
 
 /// `refresh`: one forced refresh of every OAuth2 profile, as `run`'s refresher does it
@@ -178,13 +156,13 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
         .collect();
     if profiles.is_empty() {
         eprintln!("token-sidecar: refresh: no token profile uses an OAuth2 grant");
-        return EXIT_INVALID_CONFIG;
+        return crate::exit::INVALID_CONFIG;
     }
     let rt = match runtime(1) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("token-sidecar: cannot start the runtime: {e}");
-            return EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
     rt.block_on(async {
@@ -199,7 +177,7 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("token-sidecar: token {}: {e}", tc.name);
-                    code = EXIT_START_FAILED;
+                    code = crate::exit::START_FAILED;
                     continue;
                 }
             };
@@ -213,7 +191,7 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
             let unsaved = if cfg.shared.is_none() { refresher.state_file_error() } else { None };
             let line = match (&result, unsaved) {
                 (Ok(_), Some(e)) => {
-                    code = EXIT_START_FAILED;
+                    code = crate::exit::START_FAILED;
                     serde_json::json!({ "token": tc.name, "result": "failure", "error": format!("a token was obtained but the state file could not be written: {e}") })
                 }
                 (Ok(version), None) => serde_json::json!({
@@ -227,7 +205,7 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
                     "state_file": tc.state_file.as_ref().map(|p| p.display().to_string()),
                 }),
                 (Err(e), _) => {
-                    code = EXIT_START_FAILED;
+                    code = crate::exit::START_FAILED;
                     serde_json::json!({ "token": tc.name, "result": "failure", "error": e.to_string() })
                 }
             };

@@ -19,7 +19,7 @@ pub async fn run(flags: &DevFlags) -> i32 {
         Ok(d) if d >= Duration::from_secs(2) => d,
         _ => {
             eprintln!("token-sidecar dev: --token-lifetime must be a duration of at least 2s");
-            return config::EXIT_INVALID_CONFIG;
+            return crate::exit::INVALID_CONFIG;
         }
     };
     let ts_cfg = TokenServerConfig {
@@ -33,14 +33,14 @@ pub async fn run(flags: &DevFlags) -> i32 {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the demo token server");
-            return crate::cli::EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
     let api = match ApiServer::start(&token_server).await {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the demo API");
-            return crate::cli::EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
 
@@ -67,7 +67,7 @@ pub async fn run(flags: &DevFlags) -> i32 {
         (Ok(a), Ok(b)) => (a, b),
         (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot write the demo credentials");
-            return crate::cli::EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
     let sidecar_flags = Flags {
@@ -89,7 +89,7 @@ pub async fn run(flags: &DevFlags) -> i32 {
         Ok(c) => c,
         Err(e) => {
             eprint!("token-sidecar dev: {e}");
-            return config::EXIT_INVALID_CONFIG;
+            return crate::exit::INVALID_CONFIG;
         }
     };
     let running = match crate::app::start(cfg).await {
@@ -97,7 +97,7 @@ pub async fn run(flags: &DevFlags) -> i32 {
         Err(e) => {
             tracing::error!(error = %e, "cannot start the sidecar");
             let _ = std::fs::remove_dir_all(&dir);
-            return crate::cli::EXIT_START_FAILED;
+            return crate::exit::START_FAILED;
         }
     };
     let proxy = running.proxy_addrs[0];
@@ -120,7 +120,7 @@ pub async fn run(flags: &DevFlags) -> i32 {
         crate::token::schedule::refresh_delay(lifetime, None, 0.0).as_secs(),
         api.addr(),
     );
-    let signal = crate::cli::wait_for_signal().await;
+    let signal = crate::app::shutdown_signal().await;
     tracing::info!(signal, "stopping the demo");
     running.shutdown(Duration::from_secs(5)).await;
     drop(api);

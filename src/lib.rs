@@ -19,6 +19,7 @@ pub mod config;
 #[cfg(feature = "dev")]
 pub mod demo;
 pub mod error;
+pub mod exit;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;
