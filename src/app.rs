@@ -194,6 +194,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     hosts: rc.allowed_hosts.clone(),
                     origins: rc.allowed_origins.clone(),
                 },
+                tasks: tracker.clone(),
             },
             pool,
             RouteMetrics::new(&metrics, &rc.name),

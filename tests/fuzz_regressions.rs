@@ -128,7 +128,8 @@ fn connection_with_obs_text_still_names_headers() {
 #[test]
 fn empty_path_with_query_is_forwarded_with_a_slash() {
     use http::{Method, Uri, Version};
-    use token_sidecar::proxy::rewrite::{check_target, Upstream};
+    use token_sidecar::proxy::rewrite::check_target;
+    use token_sidecar::proxy::upstream::Upstream;
     for base in ["https://api.example.com", "https://api.example.com/restapi"] {
         let up = Upstream::parse(base).unwrap();
         let expected = up.join(&"/?x=1".parse().unwrap()).unwrap();

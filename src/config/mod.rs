@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use http::HeaderName;
 
-use crate::proxy::rewrite::Upstream;
+use crate::proxy::upstream::Upstream;
 use crate::secret::{Secret, SecretSource};
 pub use cli::{Cli, Command, DevFlags, Flags};
 

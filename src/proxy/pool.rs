@@ -54,7 +54,7 @@ pub struct ClientSettings {
     pub ca_file: Option<std::path::PathBuf>,
 }
 use super::growth::{Growth, FLOOR};
-use super::rewrite::Upstream;
+use super::upstream::Upstream;
 use crate::body::{Body, Checkin, PooledBody};
 
 type BoxError = Box<dyn StdError + Send + Sync>;
