@@ -116,8 +116,9 @@ impl OAuthClient {
         })
     }
 
-    /// The form fields of a request (secrets included: never log the result).
-    fn form(&self, grant: &GrantRequest<'_>) -> Result<(FormFields, bool), OAuthError> {
+    /// The form fields of a request (secrets included: never log the result), and the client
+    /// secret when it goes in HTTP Basic instead.
+    fn form(&self, grant: &GrantRequest<'_>) -> Result<(FormFields, Option<Secret>), OAuthError> {
         let mut fields: FormFields = Vec::new();
         match grant {
             GrantRequest::Refresh(rt) => {
@@ -161,21 +162,21 @@ impl OAuthClient {
             .as_ref()
             .map(SecretSource::load)
             .transpose()?;
-        let use_basic = self.cfg.client_auth == ClientAuth::Basic && secret.is_some();
-        if !use_basic {
-            if let Some(id) = &self.cfg.client_id {
-                fields.push(("client_id", z(id.clone())));
-            }
-            if let Some(s) = &secret {
-                fields.push(("client_secret", z(s.expose().to_owned())));
-            }
+        if self.cfg.client_auth == ClientAuth::Basic && secret.is_some() {
+            return Ok((fields, secret));
         }
-        Ok((fields, use_basic))
+        if let Some(id) = &self.cfg.client_id {
+            fields.push(("client_id", z(id.clone())));
+        }
+        if let Some(s) = &secret {
+            fields.push(("client_secret", z(s.expose().to_owned())));
+        }
+        Ok((fields, None))
     }
 
     /// Sends one token request and parses the answer.
     pub async fn send(&self, grant: GrantRequest<'_>) -> Result<TokenSet, OAuthError> {
-        let (fields, use_basic) = self.form(&grant)?;
+        let (fields, basic) = self.form(&grant)?;
         // Every credential this request carries, to scrub from whatever the server answers: some
         // servers echo the submitted form in their error descriptions.
         let mut sent_secrets: Vec<Zeroizing<String>> = fields
@@ -206,15 +207,9 @@ impl OAuthClient {
             )
             .body(Full::new(body))
             .map_err(|e| OAuthError::Transport(e.to_string()))?;
-        if use_basic {
+        if let Some(secret) = basic {
             let id = self.cfg.client_id.as_deref().unwrap_or_default();
-            let secret = self
-                .cfg
-                .client_secret
-                .as_ref()
-                .map(SecretSource::load)
-                .transpose()?;
-            let secret = z(secret.as_ref().map(Secret::expose).unwrap_or_default());
+            let secret = z(secret.expose());
             // RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
             let enc =
                 |s: &str| z(form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>());
