@@ -47,11 +47,39 @@ fn harden_process() {
     }
 }
 
+/// Loads the configuration and logs its warnings, also when it is refused (then before the
+/// problems are printed).
 fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::Config, i32> {
-    config::load(flags, env).map_err(|e| {
-        eprint!("token-sidecar: {e}");
-        EXIT_INVALID_CONFIG
-    })
+    match config::load(flags, env) {
+        Ok(loaded) => {
+            log_warnings(&loaded.warnings);
+            Ok(loaded.config)
+        }
+        Err(e) => {
+            log_warnings(e.warnings());
+            eprint!("token-sidecar: {e}");
+            Err(EXIT_INVALID_CONFIG)
+        }
+    }
+}
+
+/// Logs each configuration warning at WARN, one line each, under the target and with the
+/// fields the loader's own lines had (`route`, `listen`, `token`, `option`, `grant`,
+/// `token_url`; only those set appear), recorded as they were: displayed, `grant` as a string.
+pub(crate) fn log_warnings(warnings: &[config::Warning]) {
+    for w in warnings {
+        tracing::warn!(
+            target: "token_sidecar::config",
+            route = w.route.as_deref().map(tracing::field::display),
+            listen = w.listen.map(tracing::field::display),
+            token = w.token.as_deref().map(tracing::field::display),
+            option = w.option.as_deref().map(tracing::field::display),
+            grant = w.grant,
+            token_url = w.token_url.as_deref().map(tracing::field::display),
+            "{}",
+            w.message
+        );
+    }
 }
 
 /// Starts logging, in the format the flags or the config file ask for so that configuration
@@ -66,7 +94,7 @@ fn init_and_load(
 
 fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     // Logging is on so that the configuration's warnings (a listener off loopback, plain http
-    // to a remote host, an option the grant ignores) are shown by `check` too.
+    // to a remote host, an option the grant ignores) are logged by `check` too, to stderr.
     match init_and_load(flags, env) {
         Ok(cfg) => {
             print!("configuration OK\n{}", cfg.summary());
