@@ -58,11 +58,20 @@ fn harden_process() {
     }
 }
 
+/// Loads the configuration and logs its warnings, also when it is refused (then before the
+/// problems are printed).
 fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::Config, i32> {
-    config::load(flags, env).map_err(|e| {
-        eprint!("token-sidecar: {e}");
-        crate::exit::INVALID_CONFIG
-    })
+    match config::load(flags, env) {
+        Ok(loaded) => {
+            config::log_warnings(&loaded.warnings);
+            Ok(loaded.config)
+        }
+        Err(e) => {
+            config::log_warnings(e.warnings());
+            eprint!("token-sidecar: {e}");
+            Err(crate::exit::INVALID_CONFIG)
+        }
+    }
 }
 
 /// Starts logging, in the format the flags or the config file ask for so that configuration
@@ -77,7 +86,7 @@ fn init_and_load(
 
 fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
     // Logging is on so that the configuration's warnings (a listener off loopback, plain http
-    // to a remote host, an option the grant ignores) are shown by `check` too.
+    // to a remote host, an option the grant ignores) are logged by `check` too, to stderr.
     match init_and_load(flags, env) {
         Ok(cfg) => {
             print!("configuration OK\n{}", cfg.summary());

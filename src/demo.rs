@@ -86,7 +86,10 @@ pub async fn run(flags: &DevFlags) -> i32 {
         ..Flags::default()
     };
     let cfg = match config::load(&sidecar_flags, &|_| None) {
-        Ok(c) => c,
+        Ok(loaded) => {
+            config::log_warnings(&loaded.warnings);
+            loaded.config
+        }
         Err(e) => {
             eprint!("token-sidecar dev: {e}");
             return crate::exit::INVALID_CONFIG;

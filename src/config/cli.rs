@@ -1,11 +1,14 @@
 //! Command-line flags, each mirrored by a `TOKEN_SIDECAR_<NAME>` environment variable.
 //!
 //! Values are taken as text and checked in [`super::load`], so that every bad value is
-//! reported at once rather than the first one only.
+//! reported at once rather than the first one only. Each flag's variable, placeholder and help
+//! (its default included) come from [`super::settings`].
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+use super::settings::{admin, route, shared, token, top};
 
 /// token-sidecar: owns an API token so the apps next to it never have to.
 #[derive(Debug, Parser)]
@@ -41,7 +44,7 @@ pub enum Command {
 #[derive(Debug, Args, Clone, Default)]
 pub struct DevFlags {
     /// Where the demo sidecar listens.
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    #[arg(long, default_value = super::DEFAULT_LISTEN)]
     pub listen: String,
     /// Where the demo admin listener listens.
     #[arg(long, default_value = "127.0.0.1:9090")]
@@ -79,207 +82,145 @@ impl std::fmt::Debug for SecretArg {
 /// Flags of `run`, `check` and `refresh`.
 #[derive(Debug, Args, Clone, Default)]
 pub struct Flags {
-    /// TOML configuration file (several routes and token profiles).
-    #[arg(long, env = "TOKEN_SIDECAR_CONFIG", value_name = "FILE")]
+    /// `--config`: [`top::CONFIG`].
+    #[arg(long, env = top::CONFIG.env, value_name = top::CONFIG.value, help = top::CONFIG.help())]
     pub config: Option<PathBuf>,
-    /// Where the app sends its requests [default: 127.0.0.1:8080].
-    #[arg(long, env = "TOKEN_SIDECAR_LISTEN", value_name = "ADDR")]
+    /// `--listen`: [`route::LISTEN`].
+    #[arg(long, env = route::LISTEN.env, value_name = route::LISTEN.value, help = route::LISTEN.help())]
     pub listen: Option<String>,
-    /// Admin listener: /metrics, /healthz, /readyz, /token-info, /refresh [default: 0.0.0.0:9090].
-    #[arg(long, env = "TOKEN_SIDECAR_ADMIN_LISTEN", value_name = "ADDR")]
+    /// `--admin-listen`: [`admin::LISTEN`].
+    #[arg(long, env = admin::LISTEN.env, value_name = admin::LISTEN.value, help = admin::LISTEN.help())]
     pub admin_listen: Option<String>,
-    /// Base URL requests are forwarded to, e.g. https://platform.ringcentral.com.
-    #[arg(long, env = "TOKEN_SIDECAR_UPSTREAM", value_name = "URL")]
+    /// `--upstream`: [`route::UPSTREAM`].
+    #[arg(long, env = route::UPSTREAM.env, value_name = route::UPSTREAM.value, help = route::UPSTREAM.help())]
     pub upstream: Option<String>,
-    /// Extra PEM CA(s) trusted for the upstream.
-    #[arg(long, env = "TOKEN_SIDECAR_UPSTREAM_CA_FILE", value_name = "FILE")]
+    /// `--upstream-ca-file`: [`route::UPSTREAM_CA_FILE`].
+    #[arg(long, env = route::UPSTREAM_CA_FILE.env, value_name = route::UPSTREAM_CA_FILE.value, help = route::UPSTREAM_CA_FILE.help())]
     pub upstream_ca_file: Option<PathBuf>,
-    /// client_credentials, jwt_bearer, refresh_token, password, file or static [default: client_credentials].
-    #[arg(long, env = "TOKEN_SIDECAR_GRANT", value_name = "KIND")]
+    /// `--grant`: [`token::GRANT`].
+    #[arg(long, env = token::GRANT.env, value_name = token::GRANT.value, help = token::GRANT.help())]
     pub grant: Option<String>,
-    /// OAuth2 token endpoint.
-    #[arg(long, env = "TOKEN_SIDECAR_TOKEN_URL", value_name = "URL")]
+    /// `--token-url`: [`token::TOKEN_URL`].
+    #[arg(long, env = token::TOKEN_URL.env, value_name = token::TOKEN_URL.value, help = token::TOKEN_URL.help())]
     pub token_url: Option<String>,
-    /// OAuth2 client id.
-    #[arg(long, env = "TOKEN_SIDECAR_CLIENT_ID", value_name = "ID")]
+    /// `--client-id`: [`token::CLIENT_ID`].
+    #[arg(long, env = token::CLIENT_ID.env, value_name = token::CLIENT_ID.value, help = token::CLIENT_ID.help())]
     pub client_id: Option<String>,
-    /// OAuth2 client secret (prefer --client-secret-file).
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_CLIENT_SECRET",
-        value_name = "S",
-        hide_env_values = true
-    )]
+    /// `--client-secret`: [`token::CLIENT_SECRET`].
+    #[arg(long, env = token::CLIENT_SECRET.env, value_name = token::CLIENT_SECRET.value, help = token::CLIENT_SECRET.help(), hide_env_values = true)]
     pub client_secret: Option<SecretArg>,
-    /// File holding the OAuth2 client secret.
-    #[arg(long, env = "TOKEN_SIDECAR_CLIENT_SECRET_FILE", value_name = "FILE")]
+    /// `--client-secret-file`: [`token::CLIENT_SECRET_FILE`].
+    #[arg(long, env = token::CLIENT_SECRET_FILE.env, value_name = token::CLIENT_SECRET_FILE.value, help = token::CLIENT_SECRET_FILE.help())]
     pub client_secret_file: Option<PathBuf>,
-    /// basic or body: how the client authenticates to the token endpoint [default: basic].
-    #[arg(long, env = "TOKEN_SIDECAR_CLIENT_AUTH", value_name = "basic|body")]
+    /// `--client-auth`: [`token::CLIENT_AUTH`].
+    #[arg(long, env = token::CLIENT_AUTH.env, value_name = token::CLIENT_AUTH.value, help = token::CLIENT_AUTH.help())]
     pub client_auth: Option<String>,
-    /// File holding the JWT assertion for jwt_bearer.
-    #[arg(long, env = "TOKEN_SIDECAR_ASSERTION_FILE", value_name = "FILE")]
+    /// `--assertion-file`: [`token::ASSERTION_FILE`].
+    #[arg(long, env = token::ASSERTION_FILE.env, value_name = token::ASSERTION_FILE.value, help = token::ASSERTION_FILE.help())]
     pub assertion_file: Option<PathBuf>,
-    /// File holding the bootstrap refresh token for refresh_token.
-    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_TOKEN_FILE", value_name = "FILE")]
+    /// `--refresh-token-file`: [`token::REFRESH_TOKEN_FILE`].
+    #[arg(long, env = token::REFRESH_TOKEN_FILE.env, value_name = token::REFRESH_TOKEN_FILE.value, help = token::REFRESH_TOKEN_FILE.help())]
     pub refresh_token_file: Option<PathBuf>,
-    /// Username for password.
-    #[arg(long, env = "TOKEN_SIDECAR_USERNAME", value_name = "U")]
+    /// `--username`: [`token::USERNAME`].
+    #[arg(long, env = token::USERNAME.env, value_name = token::USERNAME.value, help = token::USERNAME.help())]
     pub username: Option<String>,
-    /// File holding the password for password.
-    #[arg(long, env = "TOKEN_SIDECAR_PASSWORD_FILE", value_name = "FILE")]
+    /// `--password-file`: [`token::PASSWORD_FILE`].
+    #[arg(long, env = token::PASSWORD_FILE.env, value_name = token::PASSWORD_FILE.value, help = token::PASSWORD_FILE.help())]
     pub password_file: Option<PathBuf>,
-    /// Space-separated scopes.
-    #[arg(long, env = "TOKEN_SIDECAR_SCOPE", value_name = "S")]
+    /// `--scope`: [`token::SCOPE`].
+    #[arg(long, env = token::SCOPE.env, value_name = token::SCOPE.value, help = token::SCOPE.help())]
     pub scope: Option<String>,
-    /// Extra form field for the token endpoint, K=V (repeatable; comma-separated in the environment).
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_TOKEN_PARAM",
-        value_name = "K=V",
-        value_delimiter = ','
-    )]
+    /// `--token-param`: [`token::TOKEN_PARAM`].
+    #[arg(long, env = token::TOKEN_PARAM.env, value_name = token::TOKEN_PARAM.value, help = token::TOKEN_PARAM.help(), value_delimiter = ',')]
     pub token_param: Vec<String>,
-    /// For --grant file: the file holding the access token.
-    #[arg(long, env = "TOKEN_SIDECAR_TOKEN_FILE", value_name = "FILE")]
+    /// `--token-file`: [`token::TOKEN_FILE`].
+    #[arg(long, env = token::TOKEN_FILE.env, value_name = token::TOKEN_FILE.value, help = token::TOKEN_FILE.help())]
     pub token_file: Option<PathBuf>,
-    /// For --grant static: a fixed token (for tests).
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_STATIC_TOKEN",
-        value_name = "T",
-        hide_env_values = true
-    )]
+    /// `--static-token`: [`token::STATIC_TOKEN`].
+    #[arg(long, env = token::STATIC_TOKEN.env, value_name = token::STATIC_TOKEN.value, help = token::STATIC_TOKEN.help(), hide_env_values = true)]
     pub static_token: Option<SecretArg>,
-    /// Refresh this long before expiry, jittered [default: max(60s, 10% of the lifetime)].
-    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_MARGIN", value_name = "DURATION")]
+    /// `--refresh-margin`: [`token::REFRESH_MARGIN`].
+    #[arg(long, env = token::REFRESH_MARGIN.env, value_name = token::REFRESH_MARGIN.value, help = token::REFRESH_MARGIN.help())]
     pub refresh_margin: Option<String>,
-    /// On a 401 from the upstream, refresh and retry once [default: true].
-    #[arg(long, env = "TOKEN_SIDECAR_REFRESH_ON_401", value_name = "BOOL")]
+    /// `--refresh-on-401`: [`route::REFRESH_ON_401`].
+    #[arg(long, env = route::REFRESH_ON_401.env, value_name = route::REFRESH_ON_401.value, help = route::REFRESH_ON_401.help())]
     pub refresh_on_401: Option<String>,
-    /// Lower bound between two 401-triggered refreshes of one token [default: 10s].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_MIN_REFRESH_INTERVAL",
-        value_name = "DURATION"
-    )]
+    /// `--min-refresh-interval`: [`token::MIN_REFRESH_INTERVAL`].
+    #[arg(long, env = token::MIN_REFRESH_INTERVAL.env, value_name = token::MIN_REFRESH_INTERVAL.value, help = token::MIN_REFRESH_INTERVAL.help())]
     pub min_refresh_interval: Option<String>,
-    /// Request bodies up to this many bytes are kept for a replay after a 401 [default: 65536].
-    #[arg(long, env = "TOKEN_SIDECAR_RETRY_BODY_LIMIT", value_name = "BYTES")]
+    /// `--retry-body-limit`: [`route::RETRY_BODY_LIMIT`].
+    #[arg(long, env = route::RETRY_BODY_LIMIT.env, value_name = route::RETRY_BODY_LIMIT.value, help = route::RETRY_BODY_LIMIT.help())]
     pub retry_body_limit: Option<String>,
-    /// Persist the token set here (mode 0600) and reuse it at start.
-    #[arg(long, env = "TOKEN_SIDECAR_STATE_FILE", value_name = "FILE")]
+    /// `--state-file`: [`token::STATE_FILE`].
+    #[arg(long, env = token::STATE_FILE.env, value_name = token::STATE_FILE.value, help = token::STATE_FILE.help())]
     pub state_file: Option<PathBuf>,
-    /// Share one token among replicas through Redis.
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_REDIS_URL",
-        value_name = "URL",
-        hide_env_values = true
-    )]
+    /// `--redis-url`: [`shared::REDIS_URL`].
+    #[arg(long, env = shared::REDIS_URL.env, value_name = shared::REDIS_URL.value, help = shared::REDIS_URL.help(), hide_env_values = true)]
     pub redis_url: Option<SecretArg>,
-    /// File holding the Redis URL, password included (instead of --redis-url).
-    #[arg(long, env = "TOKEN_SIDECAR_REDIS_URL_FILE", value_name = "FILE")]
+    /// `--redis-url-file`: [`shared::REDIS_URL_FILE`].
+    #[arg(long, env = shared::REDIS_URL_FILE.env, value_name = shared::REDIS_URL_FILE.value, help = shared::REDIS_URL_FILE.help())]
     pub redis_url_file: Option<PathBuf>,
-    /// File holding the key that seals shared-store entries: 32 random bytes, raw or base64 (one key per line; the first seals).
-    #[arg(long, env = "TOKEN_SIDECAR_SHARED_KEY_FILE", value_name = "FILE")]
+    /// `--shared-key-file`: [`shared::SHARED_KEY_FILE`].
+    #[arg(long, env = shared::SHARED_KEY_FILE.env, value_name = shared::SHARED_KEY_FILE.value, help = shared::SHARED_KEY_FILE.help())]
     pub shared_key_file: Option<PathBuf>,
-    /// Token requests a profile may send, N/DURATION, all replicas together when shared [default: 5/60s].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_TOKEN_REQUEST_BUDGET",
-        value_name = "N/DURATION"
-    )]
+    /// `--token-request-budget`: [`token::TOKEN_REQUEST_BUDGET`].
+    #[arg(long, env = token::TOKEN_REQUEST_BUDGET.env, value_name = token::TOKEN_REQUEST_BUDGET.value, help = token::TOKEN_REQUEST_BUDGET.help())]
     pub token_request_budget: Option<String>,
-    /// Connections a proxy listener holds open at once; more are closed at once [default: 4096].
-    #[arg(long, env = "TOKEN_SIDECAR_MAX_CONNECTIONS", value_name = "N")]
+    /// `--max-connections`: [`route::MAX_CONNECTIONS`].
+    #[arg(long, env = route::MAX_CONNECTIONS.env, value_name = route::MAX_CONNECTIONS.value, help = route::MAX_CONNECTIONS.help())]
     pub max_connections: Option<String>,
-    /// Connections the admin listener holds open at once; more are closed at once [default: 256].
-    #[arg(long, env = "TOKEN_SIDECAR_ADMIN_MAX_CONNECTIONS", value_name = "N")]
+    /// `--admin-max-connections`: [`admin::MAX_CONNECTIONS`].
+    #[arg(long, env = admin::MAX_CONNECTIONS.env, value_name = admin::MAX_CONNECTIONS.value, help = admin::MAX_CONNECTIONS.help())]
     pub admin_max_connections: Option<String>,
-    /// A host name requests may name besides the listener's own (repeatable; *.example.com for subdomains).
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_ALLOWED_HOST",
-        value_name = "HOST",
-        value_delimiter = ','
-    )]
+    /// `--allowed-host`: [`route::ALLOWED_HOST`].
+    #[arg(long, env = route::ALLOWED_HOST.env, value_name = route::ALLOWED_HOST.value, help = route::ALLOWED_HOST.help(), value_delimiter = ',')]
     pub allowed_host: Vec<String>,
-    /// A browser origin allowed to use the route, e.g. http://localhost:3000 (repeatable).
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_ALLOWED_ORIGIN",
-        value_name = "ORIGIN",
-        value_delimiter = ','
-    )]
+    /// `--allowed-origin`: [`route::ALLOWED_ORIGIN`].
+    #[arg(long, env = route::ALLOWED_ORIGIN.env, value_name = route::ALLOWED_ORIGIN.value, help = route::ALLOWED_ORIGIN.help(), value_delimiter = ',')]
     pub allowed_origin: Vec<String>,
-    /// Bytes of request bodies held for 401 replays, all routes together [default: 16777216].
-    #[arg(long, env = "TOKEN_SIDECAR_RETRY_BODY_BUDGET", value_name = "BYTES")]
+    /// `--retry-body-budget`: [`top::RETRY_BODY_BUDGET`].
+    #[arg(long, env = top::RETRY_BODY_BUDGET.env, value_name = top::RETRY_BODY_BUDGET.value, help = top::RETRY_BODY_BUDGET.help())]
     pub retry_body_budget: Option<String>,
-    /// Header the token is written to [default: Authorization].
-    #[arg(long, env = "TOKEN_SIDECAR_HEADER", value_name = "NAME")]
+    /// `--header`: [`route::HEADER`].
+    #[arg(long, env = route::HEADER.env, value_name = route::HEADER.value, help = route::HEADER.help())]
     pub header: Option<String>,
-    /// Written before the token [default: "Bearer "].
-    #[arg(long, env = "TOKEN_SIDECAR_HEADER_PREFIX", value_name = "P")]
+    /// `--header-prefix`: [`route::HEADER_PREFIX`].
+    #[arg(long, env = route::HEADER_PREFIX.env, value_name = route::HEADER_PREFIX.value, help = route::HEADER_PREFIX.help())]
     pub header_prefix: Option<String>,
-    /// json or text [default: json].
-    #[arg(long, env = "TOKEN_SIDECAR_LOG_FORMAT", value_name = "json|text")]
+    /// `--log-format`: [`top::LOG_FORMAT`].
+    #[arg(long, env = top::LOG_FORMAT.env, value_name = top::LOG_FORMAT.value, help = top::LOG_FORMAT.help())]
     pub log_format: Option<String>,
-    /// On SIGTERM/SIGINT, let in-flight requests finish within this time [default: 30s].
-    #[arg(long, env = "TOKEN_SIDECAR_SHUTDOWN_GRACE", value_name = "DURATION")]
+    /// `--shutdown-grace`: [`top::SHUTDOWN_GRACE`].
+    #[arg(long, env = top::SHUTDOWN_GRACE.env, value_name = top::SHUTDOWN_GRACE.value, help = top::SHUTDOWN_GRACE.help())]
     pub shutdown_grace: Option<String>,
-    /// Worker threads [default: the CPUs available to the process].
-    #[arg(long, env = "TOKEN_SIDECAR_THREADS", value_name = "N")]
+    /// `--threads`: [`top::THREADS`].
+    #[arg(long, env = top::THREADS.env, value_name = top::THREADS.value, help = top::THREADS.help())]
     pub threads: Option<String>,
-    /// Upper bound on waiting for the upstream's response headers [default: 60s].
-    #[arg(long, env = "TOKEN_SIDECAR_UPSTREAM_TIMEOUT", value_name = "DURATION")]
+    /// `--upstream-timeout`: [`route::UPSTREAM_TIMEOUT`].
+    #[arg(long, env = route::UPSTREAM_TIMEOUT.env, value_name = route::UPSTREAM_TIMEOUT.value, help = route::UPSTREAM_TIMEOUT.help())]
     pub upstream_timeout: Option<String>,
-    /// Upper bound on connecting to the upstream [default: 5s].
-    #[arg(long, env = "TOKEN_SIDECAR_CONNECT_TIMEOUT", value_name = "DURATION")]
+    /// `--connect-timeout`: [`route::CONNECT_TIMEOUT`].
+    #[arg(long, env = route::CONNECT_TIMEOUT.env, value_name = route::CONNECT_TIMEOUT.value, help = route::CONNECT_TIMEOUT.help())]
     pub connect_timeout: Option<String>,
-    /// Idle upstream connections are closed after this time [default: 90s].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_UPSTREAM_IDLE_TIMEOUT",
-        value_name = "DURATION"
-    )]
+    /// `--upstream-idle-timeout`: [`route::UPSTREAM_IDLE_TIMEOUT`].
+    #[arg(long, env = route::UPSTREAM_IDLE_TIMEOUT.env, value_name = route::UPSTREAM_IDLE_TIMEOUT.value, help = route::UPSTREAM_IDLE_TIMEOUT.help())]
     pub upstream_idle_timeout: Option<String>,
-    /// Upstream connections open at once, at most; more requests wait for one (0: no limit) [default: 512].
-    #[arg(long, env = "TOKEN_SIDECAR_MAX_UPSTREAM_CONNECTIONS", value_name = "N")]
+    /// `--max-upstream-connections`: [`route::MAX_UPSTREAM_CONNECTIONS`].
+    #[arg(long, env = route::MAX_UPSTREAM_CONNECTIONS.env, value_name = route::MAX_UPSTREAM_CONNECTIONS.value, help = route::MAX_UPSTREAM_CONNECTIONS.help())]
     pub max_upstream_connections: Option<String>,
-    /// Time an app has to send a request's headers; also closes idle keep-alive connections [default: 30s].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_HEADER_READ_TIMEOUT",
-        value_name = "DURATION"
-    )]
+    /// `--header-read-timeout`: [`route::HEADER_READ_TIMEOUT`].
+    #[arg(long, env = route::HEADER_READ_TIMEOUT.env, value_name = route::HEADER_READ_TIMEOUT.value, help = route::HEADER_READ_TIMEOUT.help())]
     pub header_read_timeout: Option<String>,
-    /// Request header blocks over this size are answered 431 [default: 32768].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_MAX_REQUEST_HEADER_BYTES",
-        value_name = "BYTES"
-    )]
+    /// `--max-request-header-bytes`: [`route::MAX_REQUEST_HEADER_BYTES`].
+    #[arg(long, env = route::MAX_REQUEST_HEADER_BYTES.env, value_name = route::MAX_REQUEST_HEADER_BYTES.value, help = route::MAX_REQUEST_HEADER_BYTES.help())]
     pub max_request_header_bytes: Option<String>,
-    /// For --grant file: check the file at least this often besides watching it [default: 10s].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_FILE_POLL_INTERVAL",
-        value_name = "DURATION"
-    )]
+    /// `--file-poll-interval`: [`token::FILE_POLL_INTERVAL`].
+    #[arg(long, env = token::FILE_POLL_INTERVAL.env, value_name = token::FILE_POLL_INTERVAL.value, help = token::FILE_POLL_INTERVAL.help())]
     pub file_poll_interval: Option<String>,
-    /// Lifetime assumed when a token response has no expires_in [default: 1h].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_DEFAULT_TOKEN_LIFETIME",
-        value_name = "DURATION"
-    )]
+    /// `--default-token-lifetime`: [`token::DEFAULT_TOKEN_LIFETIME`].
+    #[arg(long, env = token::DEFAULT_TOKEN_LIFETIME.env, value_name = token::DEFAULT_TOKEN_LIFETIME.value, help = token::DEFAULT_TOKEN_LIFETIME.help())]
     pub default_token_lifetime: Option<String>,
-    /// Upper bound on one call to the token endpoint [default: 10s].
-    #[arg(
-        long,
-        env = "TOKEN_SIDECAR_TOKEN_REQUEST_TIMEOUT",
-        value_name = "DURATION"
-    )]
+    /// `--token-request-timeout`: [`token::TOKEN_REQUEST_TIMEOUT`].
+    #[arg(long, env = token::TOKEN_REQUEST_TIMEOUT.env, value_name = token::TOKEN_REQUEST_TIMEOUT.value, help = token::TOKEN_REQUEST_TIMEOUT.help())]
     pub token_request_timeout: Option<String>,
 }

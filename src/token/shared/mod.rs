@@ -36,7 +36,6 @@ use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::config::SharedConfig;
 use crate::metrics::Metrics;
 use crate::ratelimit::Rate;
 use crate::token::state::State;
@@ -60,6 +59,17 @@ impl From<redis::RedisError> for SharedError {
         // command arguments.
         SharedError(e.to_string())
     }
+}
+
+/// Where and how replicas share their token sets (`[shared]` of the configuration).
+#[derive(Debug, Clone)]
+pub struct SharedConfig {
+    /// Redis URL (may carry a password, so it is a secret).
+    pub redis_url: crate::secret::Secret,
+    /// Prefix of the keys written.
+    pub key_prefix: String,
+    /// Keys that seal the entries written to Redis (`--shared-key-file`).
+    pub seal_keys: Option<Arc<SealKeys>>,
 }
 
 /// The token set as stored in Redis.
