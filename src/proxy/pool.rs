@@ -1,6 +1,9 @@
 //! A route's upstream connections: hyper's connection-level HTTP/1.1 and HTTP/2 clients over
 //! hyper-rustls, with a stack of idle HTTP/1.1 connections.
 //!
+//! Size: one file, because checkout, hand-over and return are one state machine over the
+//! pool's shared counters and idle stack; split, each part would reach into the others.
+//!
 //! A route talks to exactly one upstream, so the pool needs no key, no hashing and no
 //! per-request task: an HTTP/1.1 connection is taken from the top of the idle stack (the most
 //! recently used, whose socket is warm), the request is sent, and the connection goes back on

@@ -1,6 +1,8 @@
 //! Unit tests of the refresher's state machine: fakes of the token endpoint and the shared
 //! store, tokio's paused clock (a test sleeps through hours in microseconds). Each test is one
 //! transition; the end-to-end tests in `tests/` run the same paths against the real doubles.
+//!
+//! Size: one test per transition, after the fakes they share (about 350 lines).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,98 @@
+//! The Lua scripts of the shared store: each check-and-write runs atomically in Redis.
+
+/// Exact version comparison in Lua (whose numbers are doubles: 2^53 + 1 would compare equal
+/// to 2^53): canonical decimal strings, compared by length, then as text.
+pub(super) const LUA_VERSIONS: &str = r"
+local function canonical(v)
+  return type(v) == 'string' and #v > 0 and #v <= 19 and string.match(v, '^[1-9]%d*$') ~= nil
+    and (#v < 19 or v < '9223372036854775807')
+end
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+";
+
+/// KEYS[1] the entry; ARGV[1] the largest field read. Returns `{'none'}`, `{'type'}` (another
+/// type of key), `{'large'}`, or `{'hash', version, data}`.
+pub(super) const READ_SCRIPT: &str = r"
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t == 'none' then return {'none'} end
+if t ~= 'hash' then return {'type'} end
+local limit = tonumber(ARGV[1])
+if redis.call('HSTRLEN', KEYS[1], 'data') > limit or redis.call('HSTRLEN', KEYS[1], 'version') > 64 then
+  return {'large'}
+end
+local v = redis.call('HMGET', KEYS[1], 'version', 'data')
+return {'hash', v[1] or '', v[2] or ''}
+";
+
+/// KEYS[1] the entry; ARGV[1] the new version (canonical), ARGV[2] data, ARGV[3] the channel,
+/// ARGV[4] what to replace ('' nothing: fenced by version; '*type' a key of another type;
+/// '*large' an oversized entry; else the SHA-1 of the distrusted entry's data), ARGV[5] the
+/// size limit. Returns 1 when written, 0 when fenced off.
+pub(super) const WRITE_SCRIPT_BODY: &str = r"
+local t = redis.call('TYPE', KEYS[1])['ok']
+local replace = ARGV[4]
+if t ~= 'none' and t ~= 'hash' then
+  if replace ~= '*type' then return 0 end
+elseif t == 'hash' then
+  local cur = redis.call('HGET', KEYS[1], 'version')
+  if canonical(cur) and not newer(ARGV[1], cur) then
+    if replace == '' then return 0 end
+    if replace == '*large' then
+      if redis.call('HSTRLEN', KEYS[1], 'data') <= tonumber(ARGV[5]) then return 0 end
+    elseif redis.sha1hex(redis.call('HGET', KEYS[1], 'data') or '') ~= replace then
+      return 0
+    end
+  end
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'version', ARGV[1], 'data', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[1])
+return 1
+";
+
+pub(super) const UNLOCK_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+pub(super) const HOLD_SCRIPT: &str = r"
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[1])
+end
+return 1
+";
+
+pub(super) const EXTEND_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
+/// The sliding-window log of a rate, by Redis's clock (one clock for every replica). KEYS[1]
+/// the sorted set; ARGV[1] the window (ms), ARGV[2] the count allowed, ARGV[3] a unique
+/// member. Returns 0 when the event was counted, else the milliseconds until it would be.
+/// Entries dated in the future (a clock gone back, or written by someone else) are dropped.
+pub(super) const BUDGET_SCRIPT: &str = r"
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'zset' then redis.call('DEL', KEYS[1]) end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. ms, '+inf')
+local n = redis.call('ZCARD', KEYS[1])
+if n < max then
+  redis.call('ZADD', KEYS[1], ms, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = tonumber(oldest[2]) + window - ms
+if wait < 1 then wait = 1 end
+return wait
+";
