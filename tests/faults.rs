@@ -464,27 +464,6 @@ fn arrivals(rig: &Rig) -> u64 {
     *rig.ts.arrivals().borrow()
 }
 
-async fn wait_ready(sc: &Sidecar) {
-    eventually(DEADLINE, "the sidecar to be ready", || async {
-        sc.admin_get("/readyz").await.0 == 200
-    })
-    .await;
-}
-
-async fn token_info(sc: &Sidecar) -> serde_json::Value {
-    support::json(sc.admin_get("/token-info").await.1.as_bytes())["tokens"]["default"].clone()
-}
-
-async fn post_refresh(sc: &Sidecar) -> support::Resp {
-    Client::http1()
-        .send(
-            Request::post(sc.admin_url("/refresh"))
-                .body(empty())
-                .unwrap(),
-        )
-        .await
-}
-
 /// Requests through the sidecar until `stop`: (successes, failures).
 fn traffic(sc: &Sidecar, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
     let url = sc.url("/restapi/v1.0/account/~");
@@ -529,8 +508,8 @@ async fn assert_no_secret_anywhere(sc: &Sidecar, extra: &[&str]) {
 async fn hold_the_token_through(fault: Fault, args: &[&str]) -> (Rig, Sidecar) {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let mut sc = rig.sidecar().args(args).start().await;
-    wait_ready(&sc).await;
-    let v1 = token_info(&sc).await["version"].as_u64().unwrap();
+    sc.wait_ready().await;
+    let v1 = sc.token_info().await["version"].as_u64().unwrap();
     let before = arrivals(&rig);
     let records_before = rig.ts.request_count();
     rig.ts.set_fault(fault.clone(), None);
@@ -538,7 +517,7 @@ async fn hold_the_token_through(fault: Fault, args: &[&str]) -> (Rig, Sidecar) {
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(&sc, stop.clone());
     let start = Instant::now();
-    let r = post_refresh(&sc).await;
+    let r = sc.post_refresh().await;
     r.assert_sidecar_error(502, "refresh_failed");
     assert!(
         start.elapsed() < Duration::from_secs(5),
@@ -583,7 +562,7 @@ async fn hold_the_token_through(fault: Fault, args: &[&str]) -> (Rig, Sidecar) {
         200,
         "{fault:?}: not ready with a valid token"
     );
-    let info = token_info(&sc).await;
+    let info = sc.token_info().await;
     assert_eq!(info["valid"], true, "{info}");
     assert_eq!(info["version"].as_u64(), Some(v1), "{info}");
     assert_eq!(info["last_refresh"]["result"], "failure", "{info}");
@@ -601,10 +580,10 @@ async fn hold_the_token_through(fault: Fault, args: &[&str]) -> (Rig, Sidecar) {
     // The fault gone, a refresh works again without a restart.
     rig.ts.clear_fault();
     eventually(DEADLINE, "a successful refresh after the fault", || async {
-        post_refresh(&sc).await.status == 200
+        sc.post_refresh().await.status == 200
     })
     .await;
-    assert!(token_info(&sc).await["version"].as_u64().unwrap() > v1);
+    assert!(sc.token_info().await["version"].as_u64().unwrap() > v1);
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
     assert_no_secret_anywhere(&sc, &[]).await;
     (rig, sc)
@@ -678,11 +657,11 @@ async fn token_endpoint_dropping_connections_keeps_the_valid_token() {
 async fn token_endpoint_down_keeps_the_valid_token_and_recovers_when_it_listens_again() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     rig.ts.stop_listening().await;
     let stop = Arc::new(AtomicBool::new(false));
     let load = traffic(&sc, stop.clone());
-    post_refresh(&sc)
+    sc.post_refresh()
         .await
         .assert_sidecar_error(502, "refresh_failed");
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -700,13 +679,13 @@ async fn token_endpoint_down_keeps_the_valid_token_and_recovers_when_it_listens_
         (2.0..=7.0).contains(&failures),
         "{failures} failed attempts in 2.5 s: {m}"
     );
-    assert!(token_info(&sc).await["last_refresh"]["error"]
+    assert!(sc.token_info().await["last_refresh"]["error"]
         .as_str()
         .unwrap()
         .contains("unreachable"));
     rig.ts.resume_listening().await.unwrap();
     eventually(DEADLINE, "a refresh once the endpoint is back", || async {
-        post_refresh(&sc).await.status == 200
+        sc.post_refresh().await.status == 200
     })
     .await;
     assert_no_secret_anywhere(&sc, &[]).await;
@@ -716,8 +695,8 @@ async fn token_endpoint_down_keeps_the_valid_token_and_recovers_when_it_listens_
 async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
-    let v1 = token_info(&sc).await["version"].as_u64().unwrap();
+    sc.wait_ready().await;
+    let v1 = sc.token_info().await["version"].as_u64().unwrap();
     rig.ts.set_fault(
         Fault::TooManyRequests {
             retry_after: Some(2),
@@ -726,7 +705,7 @@ async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
     );
     let before = arrivals(&rig);
     let records_before = rig.ts.request_count();
-    post_refresh(&sc)
+    sc.post_refresh()
         .await
         .assert_sidecar_error(502, "refresh_failed");
     let throttled_at = rig.ts.requests().last().unwrap().at;
@@ -736,7 +715,7 @@ async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
 
     // Within the 2 s: a forced refresh is answered without asking the endpoint (too many
     // requests: the endpoint's wait, and the manual refresh just made)...
-    let r = post_refresh(&sc).await;
+    let r = sc.post_refresh().await;
     r.assert_sidecar_error(429, "rate_limited");
     assert!(r.headers.contains_key("retry-after"), "{:?}", r.headers);
     // ...and so are the 401s of a token the API stopped accepting.
@@ -777,7 +756,7 @@ async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
         "retried only after {waited:?}"
     );
     eventually(DEADLINE, "the new token", || async {
-        token_info(&sc).await["version"].as_u64().unwrap_or(0) > v1
+        sc.token_info().await["version"].as_u64().unwrap_or(0) > v1
     })
     .await;
     assert_eq!(
@@ -794,7 +773,7 @@ async fn token_endpoint_429_retry_after_is_honoured_by_every_trigger() {
 async fn token_endpoint_outage_during_a_burst_of_401s_makes_one_token_request_not_a_stampede() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     rig.ts.set_fault(Fault::Status(503), None);
     rig.ts.expire_access_tokens();
     let before = arrivals(&rig);

@@ -22,26 +22,11 @@ async fn assert_nothing_leaked(sc: &Sidecar) {
     }
 }
 
-async fn wait_ready(sc: &Sidecar) {
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if sc.admin_get("/readyz").await.0 == 200 {
-            return;
-        }
-        assert!(Instant::now() < end, "not ready: {}", sc.logs().join("\n"));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn token_info(sc: &Sidecar) -> serde_json::Value {
-    support::json(sc.admin_get("/token-info").await.1.as_bytes())["tokens"]["default"].clone()
-}
-
 #[tokio::test]
 async fn jwt_login_injects_a_token_the_api_accepts() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let r = Client::http1()
         .get_with(
             &sc.url("/restapi/v1.0/account/~"),
@@ -59,10 +44,10 @@ async fn jwt_login_injects_a_token_the_api_accepts() {
     // /readyz turns 200 once the token is published; the refresher records the outcome (and
     // whether it holds a refresh token) just after that: wait for the record.
     support::eventually(DEADLINE, "the startup refresh to be recorded", || async {
-        token_info(&sc).await["last_refresh"]["result"] == "success"
+        sc.token_info().await["last_refresh"]["result"] == "success"
     })
     .await;
-    let info = token_info(&sc).await;
+    let info = sc.token_info().await;
     assert_eq!(info["grant"], "jwt_bearer");
     assert_eq!(info["valid"], true);
     assert_eq!(info["has_refresh_token"], true);
@@ -79,7 +64,7 @@ async fn timed_refresh_cycles_under_load_lose_no_request() {
         .args(["--token-param", "access_token_ttl=3"])
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let url = sc.url("/restapi/v1.0/echo");
     let end = Instant::now() + Duration::from_secs(7);
     let mut tasks = Vec::new();
@@ -153,7 +138,7 @@ async fn timed_refresh_cycles_under_load_lose_no_request() {
 async fn concurrent_401s_share_one_refresh_and_are_replayed() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let before = rig.ts.request_count();
     assert!(rig.ts.expire_access_tokens() >= 1);
     let client = Client::http1();
@@ -208,7 +193,7 @@ async fn refresh_on_401_off_passes_the_401_through() {
         .args(["--refresh-on-401", "false"])
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let before = rig.ts.request_count();
     rig.ts.expire_access_tokens();
     let r = Client::http1().get(&sc.url("/restapi/v1.0/echo")).await;
@@ -238,8 +223,8 @@ async fn a_large_body_is_not_replayed_but_the_refresh_still_happens() {
         .args(["--retry-body-limit", "1024"])
         .start()
         .await;
-    wait_ready(&sc).await;
-    let version = token_info(&sc).await["version"].as_u64().unwrap_or(0);
+    sc.wait_ready().await;
+    let version = sc.token_info().await["version"].as_u64().unwrap_or(0);
     rig.ts.expire_access_tokens();
     let body = vec![b'x'; 10 * 1024];
     let req = http::Request::post(sc.url("/restapi/v1.0/upload"))
@@ -249,7 +234,7 @@ async fn a_large_body_is_not_replayed_but_the_refresh_still_happens() {
     assert_eq!(r.status, 401, "not replayed");
     // The token server answering is not enough: wait until the sidecar holds the new token.
     support::eventually(DEADLINE, "the background refresh", || async {
-        token_info(&sc).await["version"].as_u64().unwrap_or(0) > version
+        sc.token_info().await["version"].as_u64().unwrap_or(0) > version
     })
     .await;
     assert_eq!(rig.count("refresh_token", 200), 1);
@@ -277,7 +262,7 @@ async fn endpoint_down_keeps_the_valid_token_then_503_past_expiry_then_recovers(
         .args(["--token-param", "access_token_ttl=4"])
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let obtained = Instant::now();
     rig.ts.set_fault(Fault::Status(503), None);
     let client = Client::http1();
@@ -333,7 +318,7 @@ async fn malformed_token_responses_are_retried_until_a_good_one() {
         let rig = Rig::new(TokenServerConfig::default()).await;
         rig.ts.set_fault(fault.clone(), Some(2));
         let sc = rig.sidecar().start().await;
-        wait_ready(&sc).await;
+        sc.wait_ready().await;
         let reqs = rig.ts.requests();
         assert_eq!(reqs.len(), 3, "{fault:?}: two failures then success");
         assert!(reqs[2].fault.is_none() && reqs[2].status == 200);
@@ -369,8 +354,8 @@ async fn missing_expires_in_takes_the_default_lifetime() {
         .args(["--default-token-lifetime", "20m"])
         .start()
         .await;
-    wait_ready(&sc).await;
-    let info = token_info(&sc).await;
+    sc.wait_ready().await;
+    let info = sc.token_info().await;
     let left = info["seconds_left"].as_u64().unwrap();
     assert!((1100..=1200).contains(&left), "{info}");
 }
@@ -385,7 +370,7 @@ async fn retry_after_is_honoured_on_429() {
         Some(1),
     );
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let reqs = rig.ts.requests();
     assert_eq!(reqs.len(), 2);
     assert_eq!(reqs[0].status, 429);
@@ -399,7 +384,7 @@ async fn retry_after_is_honoured_on_429() {
 async fn a_rejected_refresh_token_falls_back_to_the_jwt() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     rig.ts.set_fault(Fault::InvalidGrant, Some(1));
     let r = Client::http1()
         .send(
@@ -463,7 +448,7 @@ async fn rejected_credentials_are_not_retried_blindly() {
     assert_eq!(rig.ts.request_count(), 1, "no blind retry");
     // Fixing the secret file and asking for a refresh is enough; no restart, no 5-minute wait.
     std::fs::write(rig.path("secret"), "test-secret").unwrap();
-    let r = post_refresh(&sc).await;
+    let r = sc.post_refresh().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(rig.ts.request_count(), 2);
     assert_eq!(sc.admin_get("/readyz").await.0, 200);
@@ -477,10 +462,10 @@ async fn rejected_credentials_hold_the_timer_but_a_manual_refresh_may_try_again(
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = start_with_a_wrong_secret(&rig).await;
     // Still wrong: the manual refresh asks (the operator asked for it) and fails clearly.
-    let r = post_refresh(&sc).await;
+    let r = sc.post_refresh().await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(rig.ts.request_count(), 2);
-    let info = token_info(&sc).await;
+    let info = sc.token_info().await;
     assert!(
         info["last_refresh"]["error"]
             .as_str()
@@ -492,23 +477,13 @@ async fn rejected_credentials_hold_the_timer_but_a_manual_refresh_may_try_again(
     assert_on_hold(&sc).await;
 }
 
-async fn post_refresh(sc: &Sidecar) -> support::Resp {
-    Client::http1()
-        .send(
-            http::Request::post(sc.admin_url("/refresh"))
-                .body(support::client::empty())
-                .unwrap(),
-        )
-        .await
-}
-
 #[tokio::test]
 async fn state_file_survives_a_restart_without_a_token_request() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let state = rig.path("state.json");
     let mut sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
-    wait_ready(&sc).await;
-    let v1 = token_info(&sc).await["version"].as_u64().unwrap();
+    sc.wait_ready().await;
+    let v1 = sc.token_info().await["version"].as_u64().unwrap();
     sc.sigterm();
     assert!(sc.wait_exit(DEADLINE).await.success());
     {
@@ -518,14 +493,14 @@ async fn state_file_survives_a_restart_without_a_token_request() {
     }
     let requests = rig.ts.request_count();
     let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
     assert_eq!(
         rig.ts.request_count(),
         requests,
         "zero token requests after the restart"
     );
-    assert_eq!(token_info(&sc).await["version"].as_u64().unwrap(), v1);
+    assert_eq!(sc.token_info().await["version"].as_u64().unwrap(), v1);
     // The next refresh uses the persisted refresh token: the same session.
     let r = Client::http1()
         .send(
@@ -540,7 +515,7 @@ async fn state_file_survives_a_restart_without_a_token_request() {
         "refresh_token"
     );
     assert!(
-        token_info(&sc).await["version"].as_u64().unwrap() > v1,
+        sc.token_info().await["version"].as_u64().unwrap() > v1,
         "versions keep growing"
     );
     assert_eq!(rig.ts.successful_logins(), 1);
@@ -552,7 +527,7 @@ async fn a_corrupt_state_file_is_reported_and_ignored() {
     let state = rig.path("state.json");
     std::fs::write(&state, "{not json").unwrap();
     let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     // Logged before the token request, but read from the sidecar's stderr by another thread.
     support::wait_until(DEADLINE, "the state file to be reported", || {
         sc.logs().join("\n").contains("ignoring the state file")
@@ -601,7 +576,7 @@ async fn refresh_subcommand_persists_and_prints_metadata_only() {
 async fn manual_refresh_is_single_flight_and_loopback_only() {
     let rig = Rig::new(TokenServerConfig::default()).await;
     let sc = rig.sidecar().start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let r = Client::http1()
         .send(
             http::Request::post(sc.admin_url("/refresh?token=default"))
@@ -662,7 +637,7 @@ async fn client_credentials_with_body_auth_and_extra_params() {
         .arg(rig.path("secret"))
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let req = &rig.ts.requests()[0];
     assert_eq!(req.grant_type, "client_credentials");
     assert_eq!(
@@ -697,7 +672,7 @@ async fn dev_subcommand_shows_injection_and_refresh_working() {
         .args(["--log-format", "json", "--token-lifetime", "3s"])
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     let r = Client::http1()
         .get_with(
             &sc.url("/restapi/v1.0/account/~"),
@@ -708,7 +683,7 @@ async fn dev_subcommand_shows_injection_and_refresh_working() {
     assert!(r.text().contains("token_fingerprint"));
     // 3-second tokens: the version grows by itself.
     support::eventually(DEADLINE, "a timed refresh", || async {
-        token_info(&sc).await["version"].as_u64().unwrap_or(0) >= 2
+        sc.token_info().await["version"].as_u64().unwrap_or(0) >= 2
     })
     .await;
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
@@ -740,7 +715,7 @@ async fn password_grant() {
         .arg(rig.path("password"))
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     assert_eq!(rig.ts.requests()[0].grant_type, "password");
     assert_eq!(
         rig.ts.requests()[0]
@@ -778,7 +753,7 @@ async fn refresh_token_grant_bootstraps_from_a_file_and_keeps_the_session() {
         .args(["--token-param", "access_token_ttl=3"])
         .start()
         .await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     // Timed refreshes use the rotated token, never the spent bootstrap one again.
     support::eventually(DEADLINE, "two timed refreshes", || async {
         rig.count("refresh_token", 200) >= 3
@@ -807,7 +782,7 @@ async fn the_refresh_subcommand_rotating_the_state_file_behind_a_running_sidecar
     .await;
     let state = rig.path("state.json");
     let sc = rig.sidecar().arg("--state-file").arg(&state).start().await;
-    wait_ready(&sc).await;
+    sc.wait_ready().await;
     // A CronJob (or an operator) runs `refresh` on the same state file: the refresh token the
     // sidecar holds is exchanged.
     let out = rig
@@ -817,7 +792,7 @@ async fn the_refresh_subcommand_rotating_the_state_file_behind_a_running_sidecar
     assert_eq!(support::json(out.stdout.trim().as_bytes())["version"], 2);
     // The sidecar's token was replaced at the server: its next refresh takes the state file's
     // newer refresh token instead of presenting the exchanged one and logging in again.
-    let r = post_refresh(&sc).await;
+    let r = sc.post_refresh().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(Client::http1().get(&sc.url("/x")).await.status, 200);
     assert!(
@@ -825,7 +800,7 @@ async fn the_refresh_subcommand_rotating_the_state_file_behind_a_running_sidecar
         "the exchanged refresh token was presented"
     );
     assert_eq!(rig.ts.successful_logins(), 1, "a second session");
-    assert!(token_info(&sc).await["version"].as_u64().unwrap() > 2);
+    assert!(sc.token_info().await["version"].as_u64().unwrap() > 2);
 }
 
 #[tokio::test]

@@ -60,11 +60,6 @@ impl Rig {
     }
 }
 
-async fn version(sc: &Sidecar) -> u64 {
-    let info = support::json(sc.admin_get("/token-info").await.1.as_bytes());
-    info["tokens"]["default"]["version"].as_u64().unwrap_or(0)
-}
-
 /// Sends requests through every replica until `stop`; returns (ok, failures).
 fn load(
     replicas: &[Sidecar],
@@ -135,7 +130,7 @@ async fn six_replicas_one_session_one_token_request_per_cycle() {
         let answered = rig.rc.ts.request_count() as u64;
         let mut all = true;
         for sc in &replicas {
-            all &= version(sc).await == answered;
+            all &= sc.token_version().await == answered;
         }
         all && rig.rc.ts.request_count() as u64 == answered
     })
@@ -189,7 +184,7 @@ async fn the_lock_holder_dies_mid_refresh_and_another_takes_over() {
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(&replicas, stop.clone());
     support::eventually(Duration::from_secs(20), "a survivor refreshes", || async {
-        version(&replicas[0]).await >= 2 && version(&replicas[1]).await >= 2
+        replicas[0].token_version().await >= 2 && replicas[1].token_version().await >= 2
     })
     .await;
     stop.store(true, Ordering::Relaxed);
@@ -341,27 +336,17 @@ fn shared_reads(m: &str) -> f64 {
     )
 }
 
-async fn post_refresh(sc: &Sidecar) -> support::Resp {
-    Client::http1()
-        .send(
-            http::Request::post(sc.admin_url("/refresh"))
-                .body(support::client::empty())
-                .unwrap(),
-        )
-        .await
-}
-
 #[tokio::test]
 async fn a_401_for_a_fresh_shared_token_refreshes_and_replays() {
     let rig = Rig::new(20).await;
     let sc = one_fresh_replica(&rig).await;
-    let v1 = version(&sc).await;
+    let v1 = sc.token_version().await;
     // The API stops accepting the token long before its refresh is due (as after a revocation
     // of the access token alone, or RingCentral's OAU-128).
     assert!(rig.rc.ts.expire_access_tokens() >= 1);
     let r = Client::http1().get(&sc.url("/restapi/v1.0/echo")).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert!(version(&sc).await > v1);
+    assert!(sc.token_version().await > v1);
     assert_eq!(rig.rc.count("refresh_token", 200), 1);
     assert_eq!(rig.rc.ts.successful_logins(), 1);
 }
@@ -371,7 +356,7 @@ async fn a_failed_manual_refresh_of_a_fresh_shared_token_does_not_spin() {
     let rig = Rig::new(20).await;
     let sc = one_fresh_replica(&rig).await;
     rig.rc.ts.set_fault(Fault::Status(500), Some(1));
-    let r = post_refresh(&sc).await;
+    let r = sc.post_refresh().await;
     assert_eq!(r.status, 502, "{}", r.text());
     // The timer retries after the backoff (at most 1 s), finds the shared token fresh, and
     // plans its next attempt for when that token is due (minutes away), not "now" forever.
@@ -501,7 +486,7 @@ async fn another_configurations_set_under_the_same_key_is_never_adopted() {
         shared_reads(&a.metrics().await) >= reads + 2.0
     })
     .await;
-    assert_eq!(version(&a).await, 1, "a adopted b's set");
+    assert_eq!(a.token_version().await, 1, "a adopted b's set");
     let r = client.get(&a.url("/restapi/v1.0/echo")).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(a_rig.count("refresh_token", 400), 0);
@@ -528,12 +513,12 @@ async fn a_retry_after_answered_to_one_replica_binds_every_replica() {
         },
         Some(1),
     );
-    let r = post_refresh(&replicas[0]).await;
+    let r = replicas[0].post_refresh().await;
     assert_eq!(r.status, 502, "{}", r.text());
     assert_eq!(rig.rc.ts.requests().last().unwrap().status, 429);
     // The other replica's forced refresh (too many requests: 429 and when to ask again), its
     // 401s and its timer all wait too.
-    let r = post_refresh(&replicas[1]).await;
+    let r = replicas[1].post_refresh().await;
     assert_eq!(r.status, 429, "{}", r.text());
     let retry_after: u64 = r.headers["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 25, "Retry-After {retry_after}");

@@ -30,12 +30,13 @@ async fn refused(addr: std::net::SocketAddr) -> bool {
 
 const SHUTTING_DOWN: &str = "shutting down: no new connections, draining in-flight requests";
 
-#[tokio::test]
-async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_exits_zero() {
+/// SIGTERM with a request in flight over `client` (HTTP/1.1 or h2c): new connections are
+/// refused at once, the request finishes over its protocol, the process exits 0.
+async fn sigterm_lets_an_in_flight_request_finish(client: Client, version: http::Version) {
     let (up, mut sc) = setup(&[]).await;
     let in_flight = {
         let url = sc.url("/hold");
-        tokio::spawn(async move { Client::http1().get(&url).await })
+        tokio::spawn(async move { client.get(&url).await })
     };
     wait_until(DEADLINE, "the upstream to hold the request", || {
         up.request_count() == 1
@@ -55,6 +56,7 @@ async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_ex
         .expect("the in-flight request completes")
         .unwrap();
     assert_eq!(r.status, 200);
+    assert_eq!(r.version, version);
     assert_eq!(r.text(), "released");
 
     let status = sc.wait_exit(DEADLINE).await;
@@ -68,31 +70,13 @@ async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_ex
 }
 
 #[tokio::test]
-async fn sigterm_lets_an_in_flight_h2c_request_finish() {
-    let (up, mut sc) = setup(&[]).await;
-    let in_flight = {
-        let url = sc.url("/hold");
-        tokio::spawn(async move { Client::h2c().get(&url).await })
-    };
-    wait_until(DEADLINE, "the upstream to hold the request", || {
-        up.request_count() == 1
-    })
-    .await;
-    sc.sigterm();
-    sc.wait_for_log(SHUTTING_DOWN).await;
-    let addr = sc.proxy_addr;
-    eventually(DEADLINE, "new connections to be refused", || refused(addr)).await;
+async fn sigterm_lets_an_in_flight_request_finish_refuses_new_connections_and_exits_zero() {
+    sigterm_lets_an_in_flight_request_finish(Client::http1(), http::Version::HTTP_11).await;
+}
 
-    up.release_hold();
-    let r = tokio::time::timeout(DEADLINE, in_flight)
-        .await
-        .expect("the in-flight request completes")
-        .unwrap();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.version, http::Version::HTTP_2);
-    assert_eq!(r.text(), "released");
-    let status = sc.wait_exit(DEADLINE).await;
-    assert_eq!(status.code(), Some(0), "exit status {status}");
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_h2c_request_finish() {
+    sigterm_lets_an_in_flight_request_finish(Client::h2c(), http::Version::HTTP_2).await;
 }
 
 #[tokio::test]

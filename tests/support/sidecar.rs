@@ -328,6 +328,40 @@ impl Sidecar {
         (r.status, String::from_utf8_lossy(&r.body).into_owned())
     }
 
+    /// Waits until `/readyz` answers 200 (the sidecar holds a valid token).
+    pub async fn wait_ready(&self) {
+        let end = Instant::now() + DEADLINE;
+        while self.admin_get("/readyz").await.0 != 200 {
+            assert!(
+                Instant::now() < end,
+                "not ready after {DEADLINE:?}: {}",
+                self.logs().join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `/token-info` of the profile `default`.
+    pub async fn token_info(&self) -> serde_json::Value {
+        super::json(self.admin_get("/token-info").await.1.as_bytes())["tokens"]["default"].clone()
+    }
+
+    /// The version of the `default` profile's token (0 when none).
+    pub async fn token_version(&self) -> u64 {
+        self.token_info().await["version"].as_u64().unwrap_or(0)
+    }
+
+    /// `POST /refresh` on the admin listener.
+    pub async fn post_refresh(&self) -> super::Resp {
+        Client::http1()
+            .send(
+                http::Request::post(self.admin_url("/refresh"))
+                    .body(super::client::empty())
+                    .unwrap(),
+            )
+            .await
+    }
+
     /// The admin `/metrics` text.
     pub async fn metrics(&self) -> String {
         let (status, body) = self.admin_get("/metrics").await;
