@@ -671,7 +671,9 @@ impl Inner {
     }
 }
 
-/// Runs an upstream connection until it closes, then gives back what it `held`.
+/// Runs an upstream connection until it closes, then gives back what it `held`. Not in the
+/// app's task tracker, on purpose: an idle pooled connection lives until its idle timeout, and
+/// shutdown must not wait for it; the requests it carries are what shutdown waits for.
 fn spawn_connection<F>(conn: F, held: Held)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>> + Send + 'static,
@@ -685,7 +687,7 @@ where
 }
 
 /// Closes idle connections older than `timeout`, checking every `timeout / 4` (at least 1 s),
-/// until the pool is dropped.
+/// until the pool is dropped (it ends with the pool, not with shutdown).
 fn spawn_reaper(pool: Weak<Inner>, timeout: Duration) {
     let period = (timeout / 4).max(Duration::from_secs(1));
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
