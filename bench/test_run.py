@@ -76,6 +76,40 @@ class PerRoundRatios(unittest.TestCase):
                          ["get", "level", "with", run.BASELINE])
 
 
+def full_round(rps):
+    return dict(rps=rps, p50_ms=1.0, p99_ms=2.0, p999_ms=3.0, cpu_us_per_req=10.0,
+                user_us_per_req=4.0, sys_us_per_req=6.0, peak_rss_mib=10.0, requests=100,
+                errors=0)
+
+
+def measured(first, second):
+    """A variant with token-sidecar's rounds `first` and the baseline's `second`."""
+    return dict(proxies={
+        kind: dict(rounds=[full_round(x) for x in r], summary=run.summarize([full_round(x) for x in r]),
+                   discarded_rounds=[])
+        for kind, r in ((run.SIDECAR, first), (run.BASELINE, second))
+    })
+
+
+class SwappedSlots(unittest.TestCase):
+    def test_a_slots_advantage_cancels(self):
+        # The second slot runs 10 % faster whatever it holds; the builds are equal.
+        res = measured([100, 100], [110, 110])
+        swapped = measured([100, 100], [110, 110])
+        merged = run.merge_swapped(res, swapped)
+        ratio = merged["ratios"][f"sidecar/{run.BASELINE}"]
+        self.assertAlmostEqual(ratio["rps_paired"]["mean"], 1.0)
+        self.assertEqual(len(merged["proxies"][run.SIDECAR]["rounds"]), 4)
+
+    def test_a_real_difference_survives(self):
+        # The new build is 5 % faster, the second slot 10 %.
+        res = measured([105, 105, 106], [110, 110, 110])
+        swapped = measured([100, 100, 100], [115.5, 115.5, 116])
+        merged = run.merge_swapped(res, swapped)
+        mean = merged["ratios"][f"sidecar/{run.BASELINE}"]["rps_paired"]["mean"]
+        self.assertAlmostEqual(mean, 1.05, places=2)
+
+
 class StaleBinary(unittest.TestCase):
     def setUp(self):
         self.repo = Path(tempfile.mkdtemp())
