@@ -120,6 +120,12 @@ pub fn profile_info(p: &Profile) -> Value {
             "consecutive_failures": status.consecutive_failures,
         },
     });
+    if let (Some(obj), Some((what, exp))) = (v.as_object_mut(), p.store.credential_expiry()) {
+        obj.insert(
+            "credential".into(),
+            json!({ "file": what, "expires_at": exp }),
+        );
+    }
     if let Some(extra) = p.extra_info() {
         if let (Some(obj), Value::Object(more)) = (v.as_object_mut(), extra) {
             obj.extend(more);

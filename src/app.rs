@@ -128,8 +128,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 file
             }
             _ => {
+                let tc = crate::token::oauth::discovery::resolve(tc)
+                    .await
+                    .map_err(start_error)?;
                 let refresher = Arc::new(
-                    Refresher::new(tc, store.clone(), metrics.clone(), config.shared.as_ref())
+                    Refresher::new(&tc, store.clone(), metrics.clone(), config.shared.as_ref())
                         .map_err(start_error)?,
                 );
                 tracker.spawn(refresher.clone().run(shutdown.clone(), tracker.clone()));
@@ -164,6 +167,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 connect_timeout: rc.connect_timeout,
                 pool_idle_timeout: rc.upstream_idle_timeout,
                 ca_file: rc.upstream_ca_file.clone(),
+                client_cert: rc.upstream_client_cert.clone(),
             },
             PoolLimits {
                 max_idle: MAX_IDLE_CONNECTIONS,

@@ -181,6 +181,14 @@ fn refresh(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
             if tc.state_file.is_none() && cfg.shared.is_none() {
                 tracing::warn!(token = %tc.name, "no state file or shared store: the new token is not kept anywhere");
             }
+            let tc = match crate::token::oauth::discovery::resolve(&tc).await {
+                Ok(tc) => tc,
+                Err(e) => {
+                    eprintln!("token-sidecar: token {}: {e}", tc.name);
+                    code = crate::exit::START_FAILED;
+                    continue;
+                }
+            };
             let store = std::sync::Arc::new(crate::token::TokenStore::new(tc.name.as_str(), vec![]));
             let refresher = match crate::token::refresher::Refresher::new(&tc, store.clone(), metrics.clone(), cfg.shared.as_ref()) {
                 Ok(r) => r,

@@ -50,6 +50,8 @@ pub struct Metrics {
     pub retry_body_budget_exceeded: IntCounterVec,
     /// `token_sidecar_token_requests_deferred_total{token}`.
     pub token_requests_deferred: IntCounterVec,
+    /// `token_sidecar_client_assertion_expiry_timestamp_seconds{token}`.
+    pub client_assertion_expiry: GaugeVec,
 }
 
 impl Default for Metrics {
@@ -200,7 +202,19 @@ impl Metrics {
             "Token requests held back because the profile's --token-request-budget was spent.",
             &["token"],
         );
+        let client_assertion_expiry = GaugeVec::new(
+            Opts::new(
+                "token_sidecar_client_assertion_expiry_timestamp_seconds",
+                "When the client assertion or subject token read from a file for the last token request expires (unix seconds, its JWT exp).",
+            ),
+            &["token"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(client_assertion_expiry.clone()))
+            .expect("metric registered once");
         Metrics {
+            client_assertion_expiry,
             shared_rejected,
             connections_rejected,
             retry_body_bytes,

@@ -1,8 +1,15 @@
 //! TLS client settings shared by the upstream pool and the token endpoint client: trust roots
-//! (webpki's, the system's, an extra PEM file) and the rustls configuration.
+//! (webpki's, the system's, an extra PEM file), the client certificate for mutual TLS (read
+//! again when its files change), and the rustls configuration.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::client::ResolvesClientCert;
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 /// Why a TLS client configuration could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +28,9 @@ pub enum TlsError {
     /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
+    /// A client certificate or its key could not be used. Never holds key material.
+    #[error("client certificate: {0}")]
+    ClientCert(String),
 }
 
 /// Loads the trust roots: webpki's bundled roots, the system's, and an optional PEM file.
@@ -33,12 +43,11 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsEr
     }
     let (_added, _ignored) = roots.add_parsable_certificates(native.certs);
     if let Some(path) = ca_file {
-        use rustls_pki_types::pem::PemObject;
         let pem = std::fs::read(path).map_err(|source| TlsError::CaFile {
             path: path.display().to_string(),
             source,
         })?;
-        let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
+        let certs: Vec<_> = CertificateDer::pem_slice_iter(&pem)
             .filter_map(Result::ok)
             .collect();
         let (added, _) = roots.add_parsable_certificates(certs);
@@ -49,11 +58,198 @@ pub fn root_store(ca_file: Option<&Path>) -> Result<rustls::RootCertStore, TlsEr
     Ok(roots)
 }
 
-/// Builds a TLS client configuration (the connector sets ALPN).
-pub fn tls_config(roots: rustls::RootCertStore) -> Result<rustls::ClientConfig, TlsError> {
+/// Builds a TLS client configuration (the connector sets ALPN), presenting the client
+/// certificate of `client_cert` when the server asks for one.
+pub fn tls_config(
+    roots: rustls::RootCertStore,
+    client_cert: Option<&ClientCertFiles>,
+) -> Result<rustls::ClientConfig, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .with_root_certificates(roots);
+    Ok(match client_cert {
+        None => builder.with_no_client_auth(),
+        Some(files) => {
+            builder.with_client_cert_resolver(Arc::new(ReloadingClientCert::new(files.clone())?))
+        }
+    })
+}
+
+/// A client certificate chain and its private key, as PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertFiles {
+    /// The certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// The private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+}
+
+/// What `check` says of a client certificate: never its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertSummary {
+    /// The leaf's subject.
+    pub subject: String,
+    /// When the leaf expires (unix seconds).
+    pub not_after: u64,
+}
+
+/// The largest certificate or key file read (a chain is a few kilobytes).
+const MAX_PEM_BYTES: u64 = 256 * 1024;
+
+fn read_pem(path: &Path, what: &str) -> Result<Vec<u8>, TlsError> {
+    use std::io::Read;
+    let err = |e: std::io::Error| {
+        TlsError::ClientCert(format!("cannot read the {what} {}: {e}", path.display()))
+    };
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    std::fs::File::open(path)
+        .map_err(err)?
+        .take(MAX_PEM_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(err)?;
+    if buf.len() as u64 > MAX_PEM_BYTES {
+        return Err(TlsError::ClientCert(format!(
+            "the {what} {} is larger than {MAX_PEM_BYTES} bytes",
+            path.display()
+        )));
+    }
+    Ok(std::mem::take(&mut *buf))
+}
+
+impl ClientCertFiles {
+    /// Reads the chain and the key and checks that they belong together.
+    pub fn load(&self) -> Result<Arc<CertifiedKey>, TlsError> {
+        let chain = self.chain()?;
+        let key_pem = zeroize::Zeroizing::new(read_pem(&self.key, "client key")?);
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|_| {
+            TlsError::ClientCert(format!(
+                "{} holds no readable PEM private key",
+                self.key.display()
+            ))
+        })?;
+        let provider = rustls::crypto::ring::default_provider();
+        let signer = provider.key_provider.load_private_key(key).map_err(|_| {
+            TlsError::ClientCert(format!(
+                "{}: a key type TLS cannot use (RSA, EC P-256/P-384 or Ed25519)",
+                self.key.display()
+            ))
+        })?;
+        let certified = CertifiedKey::new(chain, signer);
+        certified.keys_match().map_err(|_| {
+            TlsError::ClientCert(format!(
+                "the key in {} does not belong to the certificate in {}",
+                self.key.display(),
+                self.cert.display()
+            ))
+        })?;
+        Ok(Arc::new(certified))
+    }
+
+    fn chain(&self) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+        let pem = read_pem(&self.cert, "client certificate")?;
+        let chain: Vec<_> = CertificateDer::pem_slice_iter(&pem)
+            .filter_map(Result::ok)
+            .collect();
+        if chain.is_empty() {
+            return Err(TlsError::ClientCert(format!(
+                "{} holds no PEM certificate",
+                self.cert.display()
+            )));
+        }
+        Ok(chain)
+    }
+
+    /// The leaf certificate's subject and expiry, for `check` and its warnings.
+    pub fn summary(&self) -> Result<CertSummary, TlsError> {
+        let chain = self.chain()?;
+        let (_, leaf) = x509_parser::parse_x509_certificate(&chain[0]).map_err(|_| {
+            TlsError::ClientCert(format!(
+                "{}: the first certificate cannot be parsed",
+                self.cert.display()
+            ))
+        })?;
+        Ok(CertSummary {
+            subject: leaf.subject().to_string(),
+            not_after: u64::try_from(leaf.validity().not_after.timestamp()).unwrap_or(0),
+        })
+    }
+}
+
+/// Whether a certificate that expires at `not_after` (unix seconds) has less than `within`
+/// left at `now`.
+pub fn expires_within(not_after: u64, within: Duration, now: SystemTime) -> bool {
+    let now = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    not_after < now.saturating_add(within.as_secs())
+}
+
+/// Presents the certificate of a [`ClientCertFiles`], read again when either file changes
+/// (a renewed Kubernetes Secret, cert-manager): the files' size, modification time and inode
+/// are compared at every handshake. A renewed pair that cannot be used is logged and the
+/// previous one kept.
+#[derive(Debug)]
+pub struct ReloadingClientCert {
+    files: ClientCertFiles,
+    current: Mutex<(Stamp, Arc<CertifiedKey>)>,
+}
+
+/// What identifies a version of the two files.
+type Stamp = [Option<(u64, SystemTime, u64)>; 2];
+
+fn stamp(files: &ClientCertFiles) -> Stamp {
+    let one = |p: &Path| {
+        let m = std::fs::metadata(p).ok()?;
+        #[cfg(unix)]
+        let ino = std::os::unix::fs::MetadataExt::ino(&m);
+        #[cfg(not(unix))]
+        let ino = 0;
+        Some((m.len(), m.modified().ok()?, ino))
+    };
+    [one(&files.cert), one(&files.key)]
+}
+
+impl ReloadingClientCert {
+    /// Reads the files now: a pair that cannot be used is an error at start.
+    pub fn new(files: ClientCertFiles) -> Result<Self, TlsError> {
+        let stamp = stamp(&files);
+        let key = files.load()?;
+        Ok(ReloadingClientCert {
+            files,
+            current: Mutex::new((stamp, key)),
+        })
+    }
+
+    /// The current pair, read again first when the files changed.
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        let now = stamp(&self.files);
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.0 != now {
+            match self.files.load() {
+                Ok(key) => {
+                    tracing::info!(cert = %self.files.cert.display(), "client certificate reloaded");
+                    *cur = (now, key);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the renewed client certificate cannot be used; keeping the previous one");
+                    // Not retried at every handshake until the files change again.
+                    cur.0 = now;
+                }
+            }
+        }
+        cur.1.clone()
+    }
+}
+
+impl ResolvesClientCert for ReloadingClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
 }

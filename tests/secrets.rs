@@ -914,3 +914,206 @@ async fn the_state_file_is_0600_whatever_the_umask_or_the_mode_it_had() {
         );
     }
 }
+
+/// A subject token that must never show.
+const SUBJECT_MARKER: &str = "st-MARKER-eyJzdWJqZWN0.eyJleHAiOjk5OTk5OTk5OTl9.c2ln";
+/// An actor token that must never show.
+const ACTOR_MARKER: &str = "at-MARKER-eyJhY3Rvcg.eyJleHAiOjk5OTk5OTk5OTl9.c2ln";
+/// A client assertion file's content that must never show.
+const CLIENT_ASSERTION_MARKER: &str = "ca-MARKER-eyJjbGllbnQ.eyJleHAiOjk5OTk5OTk5OTl9.c2ln";
+
+/// A token endpoint that echoes every form it gets in its error (as [`echoing_token_endpoint`]
+/// shape `shape`), and keeps the forms so that a test knows the assertions the sidecar signed.
+async fn recording_echo(shape: usize) -> (Scripted, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let forms = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = forms.clone();
+    let ts = Scripted::start(move |mut a| {
+        let kept = kept.clone();
+        async move {
+            let Some((_head, body)) = a.read_request().await else {
+                return;
+            };
+            let decoded: Vec<(String, String)> = form_urlencoded::parse(&body)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            let echo: String = decoded.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+            kept.lock().unwrap().extend(decoded.into_iter().map(|(_, v)| v));
+            let (status, json) = match shape {
+                0 => (400, serde_json::json!({"error": "invalid_client", "error_description": format!("bad: {echo}")})),
+                1 => (401, serde_json::json!({"error": "invalid_client", "errors": [{"errorCode": echo.clone(), "message": echo}]})),
+                _ => (500, serde_json::json!({"message": echo})),
+            };
+            let body = json.to_string();
+            let resp = format!(
+                "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = a.stream.write_all(resp.as_bytes()).await;
+        }
+    })
+    .await;
+    (ts, forms)
+}
+
+/// The base64 body of a PEM file, a line at a time: none of it may show.
+fn pem_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 16)
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test]
+async fn assertions_keys_and_subject_tokens_echoed_by_a_token_endpoint_never_leak() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let key_pem = key.serialize_pem();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    std::fs::write(dir.path().join("secret"), SECRET_MARKER).unwrap();
+    std::fs::write(dir.path().join("assertion"), CLIENT_ASSERTION_MARKER).unwrap();
+    std::fs::write(dir.path().join("subject"), SUBJECT_MARKER).unwrap();
+    std::fs::write(dir.path().join("actor"), ACTOR_MARKER).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["client".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let methods: [(&str, Vec<String>); 4] = [
+        (
+            "private_key_jwt",
+            vec![
+                "--grant=client_credentials".into(),
+                "--client-auth=private_key_jwt".into(),
+                format!("--jwt-signing-key-file={}", p("key.pem")),
+                "--jwt-key-id=k1".into(),
+            ],
+        ),
+        (
+            "client_secret_jwt",
+            vec![
+                "--grant=client_credentials".into(),
+                "--client-auth=client_secret_jwt".into(),
+                format!("--client-secret-file={}", p("secret")),
+            ],
+        ),
+        (
+            "assertion_file",
+            vec![
+                "--grant=client_credentials".into(),
+                "--client-auth=assertion_file".into(),
+                format!("--client-assertion-file={}", p("assertion")),
+            ],
+        ),
+        (
+            "token_exchange over tls",
+            vec![
+                "--grant=token_exchange".into(),
+                "--client-auth=none".into(),
+                format!("--subject-token-file={}", p("subject")),
+                format!("--actor-token-file={}", p("actor")),
+                format!("--tls-client-cert-file={}", p("cert.pem")),
+                format!("--tls-client-key-file={}", p("key.pem")),
+                "--audience=https://api.example.com".into(),
+            ],
+        ),
+    ];
+    let up = Upstream::start().await;
+    for (method, args) in methods {
+        for shape in 0..3 {
+            let (ts, forms) = recording_echo(shape).await;
+            let sc = traced(SidecarBuilder::new(&up.url("")))
+                .args(["--client-id", "echo-client"])
+                .args(["--token-url", &ts.url("/oauth/token")])
+                .args(args.iter().map(String::as_str))
+                .start()
+                .await;
+            eventually(DEADLINE, "a failed attempt", || async {
+                sc.logs().iter().any(|l| l.contains("token refresh failed"))
+            })
+            .await;
+            let mut seen = Seen::default();
+            let r = Client::http1().get(&sc.url("/x")).await;
+            seen.add_resp("GET", &r);
+            admin_answers(&sc, &mut seen).await;
+            // What the endpoint got: the signed assertion or the files' content.
+            let sent = forms.lock().unwrap().clone();
+            let credentials: Vec<String> = sent
+                .iter()
+                .filter(|v| v.len() > 40 && v.matches('.').count() == 2)
+                .cloned()
+                .collect();
+            assert!(!credentials.is_empty(), "{method}: nothing sent: {sent:?}");
+            let mut secrets: Vec<String> = credentials;
+            secrets.extend(pem_lines(&key_pem));
+            secrets.extend(
+                [
+                    SECRET_MARKER,
+                    CLIENT_ASSERTION_MARKER,
+                    SUBJECT_MARKER,
+                    ACTOR_MARKER,
+                    "-MARKER-",
+                ]
+                .map(String::from),
+            );
+            let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+            seen.assert_free_of(&secrets);
+            assert_stderr_free_of(&sc, &secrets);
+        }
+    }
+}
+
+#[tokio::test]
+async fn check_shows_the_algorithm_and_the_certificate_but_never_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+    let key_pem = key.serialize_pem();
+    std::fs::write(dir.path().join("key.pem"), &key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["client".into()]).unwrap();
+    // Expires in three days: `check` warns.
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.pem()).unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let out = run_once(
+        [
+            "check",
+            "--upstream",
+            "https://api.example.com",
+            "--token-url",
+            "https://id.example.com/token",
+            "--client-id",
+            "c1",
+            "--client-auth",
+            "private_key_jwt",
+            "--jwt-signing-key-file",
+            &p("key.pem"),
+            "--tls-client-cert-file",
+            &p("cert.pem"),
+            "--tls-client-key-file",
+            &p("key.pem"),
+        ],
+        &[],
+    );
+    assert_eq!(out.code, Some(0), "{out:?}");
+    assert!(
+        out.stdout.contains("client_auth private_key_jwt"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("jwt alg ES384"), "{}", out.stdout);
+    assert!(
+        out.stdout.contains("client certificate CN="),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stderr
+            .contains("the client certificate expires within 7 days"),
+        "{}",
+        out.stderr
+    );
+    for line in pem_lines(&key_pem) {
+        assert!(!out.stdout.contains(&line) && !out.stderr.contains(&line));
+    }
+}

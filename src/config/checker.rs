@@ -296,6 +296,67 @@ impl Checker {
     }
 }
 
+impl Checker {
+    /// A client certificate and its key (both or neither), which must load and belong
+    /// together; one that expires within [`CERT_EXPIRY_WARNING`] is a warning, made by
+    /// `warning` from the option's name and the expiry.
+    pub(super) fn client_cert(
+        &mut self,
+        cert: Option<Src<String>>,
+        key: Option<Src<String>>,
+        warning: impl FnOnce(String, String) -> Warning,
+    ) -> Option<crate::tls::ClientCertFiles> {
+        let (cert, key) = match (cert, key) {
+            (None, None) => return None,
+            (Some(c), Some(k)) => (c, k),
+            (Some(given), None) | (None, Some(given)) => {
+                self.err(format!(
+                    "{}: a client certificate needs both its certificate and its key file",
+                    given.key
+                ));
+                return None;
+            }
+        };
+        let files = crate::tls::ClientCertFiles {
+            cert: PathBuf::from(&cert.value),
+            key: PathBuf::from(&key.value),
+        };
+        if let Err(e) = files.load() {
+            self.err(format!("{} / {}: {e}", cert.key, key.key));
+            return Some(files);
+        }
+        match files.summary() {
+            Ok(s) => {
+                if crate::tls::expires_within(
+                    s.not_after,
+                    super::settings::CERT_EXPIRY_WARNING,
+                    std::time::SystemTime::now(),
+                ) {
+                    self.warn(warning(
+                        cert.key.clone(),
+                        super::warning::unix_to_rfc3339(s.not_after),
+                    ));
+                }
+            }
+            Err(e) => self.err(format!("{}: {e}", cert.key)),
+        }
+        Some(files)
+    }
+}
+
+/// An absolute URI (RFC 3986 4.3): `scheme:rest`, no white space (token types are URNs,
+/// resource indicators URLs).
+pub(super) fn is_absolute_uri(s: &str) -> bool {
+    !s.contains(char::is_whitespace)
+        && s.split_once(':').is_some_and(|(scheme, rest)| {
+            !rest.is_empty()
+                && scheme.starts_with(|ch: char| ch.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "+-.".contains(ch))
+        })
+}
+
 /// A URL as it may be printed in an error: user information and the query, where credentials
 /// hide, are replaced.
 pub(super) fn printable_url(url: &str) -> String {

@@ -97,6 +97,12 @@ pub struct Flags {
     /// `--upstream-ca-file`: [`route::UPSTREAM_CA_FILE`].
     #[arg(long, env = route::UPSTREAM_CA_FILE.env, value_name = route::UPSTREAM_CA_FILE.value, help = route::UPSTREAM_CA_FILE.help())]
     pub upstream_ca_file: Option<PathBuf>,
+    /// `--upstream-tls-client-cert-file`: [`route::UPSTREAM_TLS_CLIENT_CERT_FILE`].
+    #[arg(long, env = route::UPSTREAM_TLS_CLIENT_CERT_FILE.env, value_name = route::UPSTREAM_TLS_CLIENT_CERT_FILE.value, help = route::UPSTREAM_TLS_CLIENT_CERT_FILE.help())]
+    pub upstream_tls_client_cert_file: Option<PathBuf>,
+    /// `--upstream-tls-client-key-file`: [`route::UPSTREAM_TLS_CLIENT_KEY_FILE`].
+    #[arg(long, env = route::UPSTREAM_TLS_CLIENT_KEY_FILE.env, value_name = route::UPSTREAM_TLS_CLIENT_KEY_FILE.value, help = route::UPSTREAM_TLS_CLIENT_KEY_FILE.help())]
+    pub upstream_tls_client_key_file: Option<PathBuf>,
     /// `--grant`: [`token::GRANT`].
     #[arg(long, env = token::GRANT.env, value_name = token::GRANT.value, help = token::GRANT.help())]
     pub grant: Option<String>,
@@ -115,6 +121,54 @@ pub struct Flags {
     /// `--client-auth`: [`token::CLIENT_AUTH`].
     #[arg(long, env = token::CLIENT_AUTH.env, value_name = token::CLIENT_AUTH.value, help = token::CLIENT_AUTH.help())]
     pub client_auth: Option<String>,
+    /// `--jwt-signing-key-file`: [`token::JWT_SIGNING_KEY_FILE`].
+    #[arg(long, env = token::JWT_SIGNING_KEY_FILE.env, value_name = token::JWT_SIGNING_KEY_FILE.value, help = token::JWT_SIGNING_KEY_FILE.help())]
+    pub jwt_signing_key_file: Option<PathBuf>,
+    /// `--jwt-key-id`: [`token::JWT_KEY_ID`].
+    #[arg(long, env = token::JWT_KEY_ID.env, value_name = token::JWT_KEY_ID.value, help = token::JWT_KEY_ID.help())]
+    pub jwt_key_id: Option<String>,
+    /// `--jwt-alg`: [`token::JWT_ALG`].
+    #[arg(long, env = token::JWT_ALG.env, value_name = token::JWT_ALG.value, help = token::JWT_ALG.help())]
+    pub jwt_alg: Option<String>,
+    /// `--jwt-audience`: [`token::JWT_AUDIENCE`].
+    #[arg(long, env = token::JWT_AUDIENCE.env, value_name = token::JWT_AUDIENCE.value, help = token::JWT_AUDIENCE.help())]
+    pub jwt_audience: Option<String>,
+    /// `--client-assertion-file`: [`token::CLIENT_ASSERTION_FILE`].
+    #[arg(long, env = token::CLIENT_ASSERTION_FILE.env, value_name = token::CLIENT_ASSERTION_FILE.value, help = token::CLIENT_ASSERTION_FILE.help())]
+    pub client_assertion_file: Option<PathBuf>,
+    /// `--tls-client-cert-file`: [`token::TLS_CLIENT_CERT_FILE`].
+    #[arg(long, env = token::TLS_CLIENT_CERT_FILE.env, value_name = token::TLS_CLIENT_CERT_FILE.value, help = token::TLS_CLIENT_CERT_FILE.help())]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// `--tls-client-key-file`: [`token::TLS_CLIENT_KEY_FILE`].
+    #[arg(long, env = token::TLS_CLIENT_KEY_FILE.env, value_name = token::TLS_CLIENT_KEY_FILE.value, help = token::TLS_CLIENT_KEY_FILE.help())]
+    pub tls_client_key_file: Option<PathBuf>,
+    /// `--token-ca-file`: [`token::TOKEN_CA_FILE`].
+    #[arg(long, env = token::TOKEN_CA_FILE.env, value_name = token::TOKEN_CA_FILE.value, help = token::TOKEN_CA_FILE.help())]
+    pub token_ca_file: Option<PathBuf>,
+    /// `--issuer`: [`token::ISSUER`].
+    #[arg(long, env = token::ISSUER.env, value_name = token::ISSUER.value, help = token::ISSUER.help())]
+    pub issuer: Option<String>,
+    /// `--audience`: [`token::AUDIENCE`].
+    #[arg(long, env = token::AUDIENCE.env, value_name = token::AUDIENCE.value, help = token::AUDIENCE.help(), value_delimiter = ',')]
+    pub audience: Vec<String>,
+    /// `--resource`: [`token::RESOURCE`].
+    #[arg(long, env = token::RESOURCE.env, value_name = token::RESOURCE.value, help = token::RESOURCE.help(), value_delimiter = ',')]
+    pub resource: Vec<String>,
+    /// `--subject-token-file`: [`token::SUBJECT_TOKEN_FILE`].
+    #[arg(long, env = token::SUBJECT_TOKEN_FILE.env, value_name = token::SUBJECT_TOKEN_FILE.value, help = token::SUBJECT_TOKEN_FILE.help())]
+    pub subject_token_file: Option<PathBuf>,
+    /// `--subject-token-type`: [`token::SUBJECT_TOKEN_TYPE`].
+    #[arg(long, env = token::SUBJECT_TOKEN_TYPE.env, value_name = token::SUBJECT_TOKEN_TYPE.value, help = token::SUBJECT_TOKEN_TYPE.help())]
+    pub subject_token_type: Option<String>,
+    /// `--actor-token-file`: [`token::ACTOR_TOKEN_FILE`].
+    #[arg(long, env = token::ACTOR_TOKEN_FILE.env, value_name = token::ACTOR_TOKEN_FILE.value, help = token::ACTOR_TOKEN_FILE.help())]
+    pub actor_token_file: Option<PathBuf>,
+    /// `--actor-token-type`: [`token::ACTOR_TOKEN_TYPE`].
+    #[arg(long, env = token::ACTOR_TOKEN_TYPE.env, value_name = token::ACTOR_TOKEN_TYPE.value, help = token::ACTOR_TOKEN_TYPE.help())]
+    pub actor_token_type: Option<String>,
+    /// `--requested-token-type`: [`token::REQUESTED_TOKEN_TYPE`].
+    #[arg(long, env = token::REQUESTED_TOKEN_TYPE.env, value_name = token::REQUESTED_TOKEN_TYPE.value, help = token::REQUESTED_TOKEN_TYPE.help())]
+    pub requested_token_type: Option<String>,
     /// `--assertion-file`: [`token::ASSERTION_FILE`].
     #[arg(long, env = token::ASSERTION_FILE.env, value_name = token::ASSERTION_FILE.value, help = token::ASSERTION_FILE.help())]
     pub assertion_file: Option<PathBuf>,

@@ -43,6 +43,8 @@ pub struct RawRoute {
     pub listen: Option<String>,
     pub upstream: Option<String>,
     pub upstream_ca_file: Option<String>,
+    pub upstream_tls_client_cert_file: Option<String>,
+    pub upstream_tls_client_key_file: Option<String>,
     pub token: Option<String>,
     pub refresh_on_401: Option<bool>,
     pub retry_body_limit: Option<u64>,
@@ -67,6 +69,22 @@ pub struct RawToken {
     pub client_secret: Option<String>,
     pub client_secret_file: Option<String>,
     pub client_auth: Option<String>,
+    pub jwt_signing_key_file: Option<String>,
+    pub jwt_key_id: Option<String>,
+    pub jwt_alg: Option<String>,
+    pub jwt_audience: Option<String>,
+    pub client_assertion_file: Option<String>,
+    pub tls_client_cert_file: Option<String>,
+    pub tls_client_key_file: Option<String>,
+    pub token_ca_file: Option<String>,
+    pub issuer: Option<String>,
+    pub audience: Option<OneOrMany>,
+    pub resource: Option<OneOrMany>,
+    pub subject_token_file: Option<String>,
+    pub subject_token_type: Option<String>,
+    pub actor_token_file: Option<String>,
+    pub actor_token_type: Option<String>,
+    pub requested_token_type: Option<String>,
     pub assertion: Option<String>,
     pub assertion_file: Option<String>,
     pub refresh_token_file: Option<String>,
@@ -85,6 +103,24 @@ pub struct RawToken {
     pub request_timeout: Option<String>,
     pub file_poll_interval: Option<String>,
     pub token_request_budget: Option<String>,
+}
+
+/// A key that takes one string or a list of them (`audience = "a"`, `audience = ["a", "b"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    /// The values, in order.
+    pub fn to_vec(&self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s.clone()],
+            OneOrMany::Many(v) => v.clone(),
+        }
+    }
 }
 
 /// Parses the text of a config file. `${VAR}` in string values is replaced from `env`

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use super::checker::{either, key_in, path_str, pick, secret_str, Checker, Src};
+use super::checker::{either, is_absolute_uri, key_in, path_str, pick, secret_str, Checker, Src};
 use super::settings::token::*;
 use super::settings::{NoDefault, Setting};
 use super::tokens::Profile;
@@ -61,13 +61,14 @@ pub(super) fn grant(
     match g.name.as_str() {
         "client_credentials" => Some(Grant::ClientCredentials),
         "jwt_bearer" => jwt_bearer(p, g, c),
+        "token_exchange" => token_exchange(p, g, c),
         "refresh_token" => refresh_token(p, g, c),
         "password" => password(p, g, username, c),
         "file" => file(p, g, c),
         "static" => static_token(p, g, c),
         other => {
             c.err(format!(
-                "{}: `{other}` is not a grant; use client_credentials, jwt_bearer, refresh_token, password, file or static",
+                "{}: `{other}` is not a grant; use client_credentials, jwt_bearer, token_exchange, refresh_token, password, file or static",
                 g.key
             ));
             None
@@ -87,6 +88,98 @@ fn jwt_bearer(p: &Profile, g: &GrantSrc, c: &mut Checker) -> Option<Grant> {
         None => {
             p.missing(c, g, "a JWT assertion", &ASSERTION_FILE);
             None
+        }
+    }
+}
+
+fn token_exchange(p: &Profile, g: &GrantSrc, c: &mut Checker) -> Option<Grant> {
+    let table = p.table.as_str();
+    let subject = pick(
+        &path_str(&p.f.subject_token_file),
+        &p.t.subject_token_file,
+        &SUBJECT_TOKEN_FILE,
+        table,
+    );
+    let actor = pick(
+        &path_str(&p.f.actor_token_file),
+        &p.t.actor_token_file,
+        &ACTOR_TOKEN_FILE,
+        table,
+    );
+    let mut token_type = |flag: &Option<String>, file: &Option<String>, s: &Setting<&str>| {
+        let given = pick(flag, file, s, table);
+        match given {
+            Some(t) if !is_absolute_uri(&t.value) => {
+                c.err(format!(
+                    "{}: `{}` is not a token type URI (e.g. {})",
+                    t.key, t.value, JWT_TOKEN_TYPE
+                ));
+                s.default.to_owned()
+            }
+            Some(t) => t.value,
+            None => s.default.to_owned(),
+        }
+    };
+    let subject_token_type = token_type(
+        &p.f.subject_token_type,
+        &p.t.subject_token_type,
+        &SUBJECT_TOKEN_TYPE,
+    );
+    let actor_token_type = token_type(
+        &p.f.actor_token_type,
+        &p.t.actor_token_type,
+        &ACTOR_TOKEN_TYPE,
+    );
+    let requested_token_type = pick(
+        &p.f.requested_token_type,
+        &p.t.requested_token_type,
+        &REQUESTED_TOKEN_TYPE,
+        table,
+    );
+    if let Some(t) = requested_token_type
+        .as_ref()
+        .filter(|t| !is_absolute_uri(&t.value))
+    {
+        c.err(format!(
+            "{}: `{}` is not a token type URI (e.g. urn:ietf:params:oauth:token-type:access_token)",
+            t.key, t.value
+        ));
+    }
+    if let Some(a) = &actor {
+        p.check_jwt_file(a, c);
+    }
+    let Some(subject) = subject else {
+        p.missing(c, g, "a subject token", &SUBJECT_TOKEN_FILE);
+        return None;
+    };
+    p.check_jwt_file(&subject, c);
+    Some(Grant::TokenExchange {
+        subject_token_file: PathBuf::from(subject.value),
+        subject_token_type,
+        actor_token_file: actor.map(|a| PathBuf::from(a.value)),
+        actor_token_type,
+        requested_token_type: requested_token_type.map(|t| t.value),
+    })
+}
+
+impl Profile<'_> {
+    /// A file read before every request (a client assertion, a subject or actor token): it
+    /// must be readable now, and a JWT in it that has expired is a warning.
+    pub(super) fn check_jwt_file(&self, file: &Src<String>, c: &mut Checker) {
+        let path = PathBuf::from(&file.value);
+        match crate::secret::read_secret_file(&path) {
+            Err(e) => c.err(format!("{}: {e}", file.key)),
+            Ok(jwt) => {
+                let exp = crate::token::oauth::assertion::unverified_exp(jwt.expose());
+                let now = crate::token::unix_seconds(std::time::SystemTime::now());
+                if let Some(exp) = exp.filter(|e| *e <= now) {
+                    c.warn(Warning::credential_expired(
+                        self.name,
+                        file.key.clone(),
+                        super::warning::unix_to_rfc3339(exp),
+                    ));
+                }
+            }
         }
     }
 }
@@ -190,21 +283,27 @@ fn static_token(p: &Profile, g: &GrantSrc, c: &mut Checker) -> Option<Grant> {
 /// Each credential option given to a profile whose grant does not use it (`--token-file` with
 /// `--grant client_credentials`, ...): it would otherwise be ignored without a word.
 pub(super) fn unused_options(p: &Profile, grant: &Grant) -> Vec<Warning> {
-    let (f, t) = (p.f, p.t);
+    let (f, t, table) = (p.f, p.t, p.table.as_str());
     let oauth = grant.is_oauth();
-    let options: [(&Setting<NoDefault>, bool, bool); 10] = [
+    let exchange = matches!(grant, Grant::TokenExchange { .. });
+    let options: Vec<(String, bool, bool)> = vec![
         (
-            &TOKEN_URL,
+            either(&TOKEN_URL, table),
             f.token_url.is_some() || t.token_url.is_some(),
             oauth,
         ),
         (
-            &CLIENT_ID,
+            either(&ISSUER, table),
+            f.issuer.is_some() || t.issuer.is_some(),
+            oauth,
+        ),
+        (
+            either(&CLIENT_ID, table),
             f.client_id.is_some() || t.client_id.is_some(),
             oauth,
         ),
         (
-            &CLIENT_SECRET_FILE,
+            either(&CLIENT_SECRET_FILE, table),
             f.client_secret.is_some()
                 || f.client_secret_file.is_some()
                 || t.client_secret.is_some()
@@ -212,44 +311,94 @@ pub(super) fn unused_options(p: &Profile, grant: &Grant) -> Vec<Warning> {
             oauth,
         ),
         (
-            &ASSERTION_FILE,
+            either(&ASSERTION_FILE, table),
             f.assertion_file.is_some() || t.assertion.is_some() || t.assertion_file.is_some(),
             matches!(grant, Grant::JwtBearer { .. }),
         ),
         (
-            &REFRESH_TOKEN_FILE,
+            either(&SUBJECT_TOKEN_FILE, table),
+            f.subject_token_file.is_some() || t.subject_token_file.is_some(),
+            exchange,
+        ),
+        (
+            either(&SUBJECT_TOKEN_TYPE, table),
+            f.subject_token_type.is_some() || t.subject_token_type.is_some(),
+            exchange,
+        ),
+        (
+            either(&ACTOR_TOKEN_FILE, table),
+            f.actor_token_file.is_some() || t.actor_token_file.is_some(),
+            exchange,
+        ),
+        (
+            either(&ACTOR_TOKEN_TYPE, table),
+            f.actor_token_type.is_some() || t.actor_token_type.is_some(),
+            exchange,
+        ),
+        (
+            either(&REQUESTED_TOKEN_TYPE, table),
+            f.requested_token_type.is_some() || t.requested_token_type.is_some(),
+            exchange,
+        ),
+        (
+            either(&REFRESH_TOKEN_FILE, table),
             f.refresh_token_file.is_some() || t.refresh_token_file.is_some(),
             matches!(grant, Grant::RefreshToken { .. }),
         ),
         (
-            &USERNAME,
+            either(&USERNAME, table),
             f.username.is_some() || t.username.is_some(),
             matches!(grant, Grant::Password { .. }),
         ),
         (
-            &PASSWORD_FILE,
+            either(&PASSWORD_FILE, table),
             f.password_file.is_some() || t.password.is_some() || t.password_file.is_some(),
             matches!(grant, Grant::Password { .. }),
         ),
         (
-            &TOKEN_FILE,
+            either(&TOKEN_FILE, table),
             f.token_file.is_some() || t.token_file.is_some(),
             matches!(grant, Grant::File { .. }),
         ),
         (
-            &STATIC_TOKEN,
+            either(&STATIC_TOKEN, table),
             f.static_token.is_some() || t.static_token.is_some(),
             matches!(grant, Grant::Static { .. }),
         ),
         (
-            &STATE_FILE,
+            either(&STATE_FILE, table),
             f.state_file.is_some() || t.state_file.is_some(),
+            oauth,
+        ),
+        (
+            either(&CLIENT_AUTH, table),
+            f.client_auth.is_some() || t.client_auth.is_some(),
+            oauth,
+        ),
+        (
+            either(&TLS_CLIENT_CERT_FILE, table),
+            f.tls_client_cert_file.is_some() || t.tls_client_cert_file.is_some(),
+            oauth,
+        ),
+        (
+            either(&TOKEN_CA_FILE, table),
+            f.token_ca_file.is_some() || t.token_ca_file.is_some(),
+            oauth,
+        ),
+        (
+            either(&AUDIENCE, table),
+            !f.audience.is_empty() || t.audience.is_some(),
+            oauth,
+        ),
+        (
+            either(&RESOURCE, table),
+            !f.resource.is_empty() || t.resource.is_some(),
             oauth,
         ),
     ];
     options
         .into_iter()
         .filter(|(_, given, used)| *given && !*used)
-        .map(|(s, _, _)| Warning::unused_option(p.name, either(s, &p.table), grant.kind()))
+        .map(|(option, _, _)| Warning::unused_option(p.name, option, grant.kind()))
         .collect()
 }

@@ -88,6 +88,8 @@ pub struct RouteConfig {
     pub upstream: Upstream,
     /// Extra CA file for the upstream.
     pub upstream_ca_file: Option<PathBuf>,
+    /// Client certificate presented to the upstream (mutual TLS).
+    pub upstream_client_cert: Option<ClientCertFiles>,
     /// The token profile used.
     pub token: String,
     /// Refresh and retry once on a 401.
@@ -119,14 +121,51 @@ pub struct RouteConfig {
     pub allowed_origins: Vec<String>,
 }
 
-/// How the client authenticates to the token endpoint (RFC 6749 2.3.1).
+/// How the client authenticates to the token endpoint (RFC 6749 2.3.1, RFC 7523, RFC 8705).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClientAuth {
     /// HTTP Basic with client id and secret.
     Basic,
     /// `client_id` (and `client_secret`) in the form body.
     Body,
+    /// `client_id` only: a public client.
+    None,
+    /// A client assertion signed with a private key ([`JwtSettings`]).
+    PrivateKeyJwt,
+    /// A client assertion signed HS256 with the client secret.
+    ClientSecretJwt,
+    /// A client assertion read from a file before every request (a projected
+    /// service-account token).
+    AssertionFile,
+    /// Mutual TLS: the client certificate authenticates, `client_id` in the form.
+    Tls,
 }
+
+/// Every client authentication method, in the order the help lists them.
+pub const CLIENT_AUTH_METHODS: [ClientAuth; 7] = [
+    ClientAuth::Basic,
+    ClientAuth::Body,
+    ClientAuth::None,
+    ClientAuth::PrivateKeyJwt,
+    ClientAuth::ClientSecretJwt,
+    ClientAuth::AssertionFile,
+    ClientAuth::Tls,
+];
+
+/// How client assertions are signed (`private_key_jwt`, `client_secret_jwt`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// The PEM private key (`private_key_jwt`).
+    pub signing_key_file: Option<PathBuf>,
+    /// The `kid` header.
+    pub key_id: Option<String>,
+    /// The algorithm (JOSE name); `None`: from the key.
+    pub alg: Option<String>,
+    /// The `aud` claim; `None`: the token endpoint URL.
+    pub audience: Option<String>,
+}
+
+pub use crate::tls::ClientCertFiles;
 
 /// Where a profile's tokens come from.
 #[derive(Debug, Clone)]
@@ -137,6 +176,19 @@ pub enum Grant {
     JwtBearer {
         /// The JWT.
         assertion: SecretSource,
+    },
+    /// RFC 8693 token exchange.
+    TokenExchange {
+        /// The subject token, read before every request.
+        subject_token_file: PathBuf,
+        /// Its type.
+        subject_token_type: String,
+        /// An actor token, read before every request.
+        actor_token_file: Option<PathBuf>,
+        /// Its type.
+        actor_token_type: String,
+        /// The type of token asked for.
+        requested_token_type: Option<String>,
     },
     /// A bootstrap refresh token.
     RefreshToken {
@@ -170,6 +222,7 @@ impl Grant {
         match self {
             Grant::ClientCredentials => "client_credentials",
             Grant::JwtBearer { .. } => "jwt_bearer",
+            Grant::TokenExchange { .. } => "token_exchange",
             Grant::RefreshToken { .. } => "refresh_token",
             Grant::Password { .. } => "password",
             Grant::File { .. } => "file",
@@ -198,6 +251,20 @@ pub struct TokenConfig {
     pub client_secret: Option<SecretSource>,
     /// How the client authenticates.
     pub client_auth: ClientAuth,
+    /// How client assertions are signed.
+    pub jwt: JwtSettings,
+    /// The client assertion file (`assertion_file`).
+    pub client_assertion_file: Option<PathBuf>,
+    /// The client certificate presented to the token endpoint.
+    pub client_cert: Option<ClientCertFiles>,
+    /// Extra CA file for the token endpoint and the issuer.
+    pub token_ca_file: Option<PathBuf>,
+    /// The authorization server whose metadata names the token endpoint.
+    pub issuer: Option<String>,
+    /// `audience` values sent with every request.
+    pub audience: Vec<String>,
+    /// `resource` values (RFC 8707) sent with every request.
+    pub resource: Vec<String>,
     /// Space-separated scopes.
     pub scope: Option<String>,
     /// Extra form fields.
@@ -232,7 +299,33 @@ impl ClientAuth {
         match self {
             ClientAuth::Basic => "basic",
             ClientAuth::Body => "body",
+            ClientAuth::None => "none",
+            ClientAuth::PrivateKeyJwt => "private_key_jwt",
+            ClientAuth::ClientSecretJwt => "client_secret_jwt",
+            ClientAuth::AssertionFile => "assertion_file",
+            ClientAuth::Tls => "tls",
         }
+    }
+
+    /// The names an authorization server's metadata gives the method
+    /// (`token_endpoint_auth_methods_supported`, RFC 8414 2, RFC 8705 2.1).
+    pub fn metadata_names(self) -> &'static [&'static str] {
+        match self {
+            ClientAuth::Basic => &["client_secret_basic"],
+            ClientAuth::Body => &["client_secret_post"],
+            ClientAuth::None => &["none"],
+            ClientAuth::PrivateKeyJwt | ClientAuth::AssertionFile => &["private_key_jwt"],
+            ClientAuth::ClientSecretJwt => &["client_secret_jwt"],
+            ClientAuth::Tls => &["tls_client_auth", "self_signed_tls_client_auth"],
+        }
+    }
+
+    /// Whether the method sends the client secret (or signs with it).
+    pub fn uses_secret(self) -> bool {
+        matches!(
+            self,
+            ClientAuth::Basic | ClientAuth::Body | ClientAuth::ClientSecretJwt
+        )
     }
 }
 
@@ -448,6 +541,9 @@ impl Config {
                 r.header,
                 r.refresh_on_401
             );
+            if let Some(c) = &r.upstream_client_cert {
+                let _ = writeln!(s, "route {}: upstream {}", r.name, cert_summary(c));
+            }
         }
         for t in self.tokens.values() {
             let _ = write!(s, "token {}: grant {}", t.name, t.grant.kind());
@@ -464,6 +560,18 @@ impl Config {
                 let _ = write!(s, ", state_file {}", p.display());
             }
             if t.grant.is_oauth() {
+                if t.token_url.is_none() {
+                    if let Some(i) = &t.issuer {
+                        let _ = write!(s, ", token endpoint discovered from issuer {i}");
+                    }
+                }
+                let _ = write!(s, ", client_auth {}", t.client_auth.name());
+                if let Some(alg) = t.jwt_alg() {
+                    let _ = write!(s, ", jwt alg {alg}");
+                }
+                if let Some(c) = &t.client_cert {
+                    let _ = write!(s, ", {}", cert_summary(c));
+                }
                 let _ = write!(s, ", token_request_budget {}", t.request_budget);
             }
             let _ = writeln!(s);
@@ -482,6 +590,35 @@ impl Config {
             self.threads, self.shutdown_grace
         );
         s
+    }
+}
+
+impl TokenConfig {
+    /// The algorithm client assertions are signed with (`private_key_jwt`,
+    /// `client_secret_jwt`), as the key in its file now decides it: for `check`.
+    pub fn jwt_alg(&self) -> Option<&'static str> {
+        use crate::token::oauth::assertion::{alg_name, parse_alg, SigningKey};
+        let alg = self.jwt.alg.as_deref().and_then(parse_alg);
+        match self.client_auth {
+            ClientAuth::PrivateKeyJwt => {
+                let path = self.jwt.signing_key_file.as_deref()?;
+                SigningKey::load(path, alg).ok().map(|k| alg_name(k.alg()))
+            }
+            ClientAuth::ClientSecretJwt => Some(alg.map_or("HS256", alg_name)),
+            _ => None,
+        }
+    }
+}
+
+/// A client certificate as `check` shows it: its subject and expiry, never the key.
+fn cert_summary(files: &ClientCertFiles) -> String {
+    match files.summary() {
+        Ok(c) => format!(
+            "client certificate {} (expires {})",
+            c.subject,
+            warning::unix_to_rfc3339(c.not_after)
+        ),
+        Err(e) => format!("client certificate: {e}"),
     }
 }
 

@@ -24,6 +24,14 @@ pub(super) fn flags_given(flags: &Flags) -> Vec<&'static str> {
         (LISTEN.flag, flags.listen.is_some()),
         (UPSTREAM.flag, flags.upstream.is_some()),
         (UPSTREAM_CA_FILE.flag, flags.upstream_ca_file.is_some()),
+        (
+            UPSTREAM_TLS_CLIENT_CERT_FILE.flag,
+            flags.upstream_tls_client_cert_file.is_some(),
+        ),
+        (
+            UPSTREAM_TLS_CLIENT_KEY_FILE.flag,
+            flags.upstream_tls_client_key_file.is_some(),
+        ),
         (REFRESH_ON_401.flag, flags.refresh_on_401.is_some()),
         (RETRY_BODY_LIMIT.flag, flags.retry_body_limit.is_some()),
         (HEADER.flag, flags.header.is_some()),
@@ -131,6 +139,21 @@ fn route(src: &Sources, profiles: &[&str], c: &mut Checker) -> Option<RouteConfi
     }));
     let upstream = upstream(&name, src, c);
     let upstream_ca_file = upstream_ca_file(src, c);
+    let upstream_client_cert = c.client_cert(
+        pick(
+            &path_str(&f.upstream_tls_client_cert_file),
+            &r.upstream_tls_client_cert_file,
+            &UPSTREAM_TLS_CLIENT_CERT_FILE,
+            table,
+        ),
+        pick(
+            &path_str(&f.upstream_tls_client_key_file),
+            &r.upstream_tls_client_key_file,
+            &UPSTREAM_TLS_CLIENT_KEY_FILE,
+            table,
+        ),
+        |option, expires| Warning::route_cert_expires_soon(&name, option, expires),
+    );
     let token = token(src, profiles, c);
     let refresh_on_401 = c.boolean(
         pick(
@@ -153,6 +176,12 @@ fn route(src: &Sources, profiles: &[&str], c: &mut Checker) -> Option<RouteConfi
     let allowed_hosts = allowed_hosts(src, c);
     let allowed_origins = allowed_origins(src, c);
     let (listen, upstream) = (listen?, upstream?);
+    if upstream_client_cert.is_some() && !upstream.is_https() {
+        c.err(format!(
+            "{}: a client certificate needs an https upstream",
+            either(&UPSTREAM_TLS_CLIENT_CERT_FILE, table)
+        ));
+    }
     if !listen.ip().is_loopback() {
         c.warn(Warning::listener_off_loopback(&name, listen));
     }
@@ -161,6 +190,7 @@ fn route(src: &Sources, profiles: &[&str], c: &mut Checker) -> Option<RouteConfi
         listen,
         upstream,
         upstream_ca_file,
+        upstream_client_cert,
         token,
         refresh_on_401,
         retry_body_limit,

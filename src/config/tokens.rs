@@ -5,26 +5,36 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::checker::{either, key_in, path_str, pick, secret_str, Checker, Src};
+use super::checker::{either, is_absolute_uri, key_in, list, path_str, pick, secret_str};
+use super::checker::{Checker, Src};
 use super::file::RawToken;
 use super::grants::{grant, grant_src, unused_options};
 use super::settings::token::*;
-use super::settings::Setting;
-use super::{is_loopback_host, ClientAuth, Flags, Grant, TokenConfig, Warning};
+use super::settings::{NoDefault, Setting};
+use super::{is_loopback_host, ClientAuth, Flags, Grant, JwtSettings, TokenConfig, Warning};
+use super::{ClientCertFiles, CLIENT_AUTH_METHODS};
 use crate::proxy::upstream::Upstream;
 use crate::ratelimit::Rate;
 use crate::secret::SecretSource;
+use crate::token::oauth::assertion::{self, SigningKey};
 
 /// Form fields the sidecar sets itself: `params` and `--token-param` may not.
-const RESERVED_PARAMS: [&str; 8] = [
+const RESERVED_PARAMS: [&str; 15] = [
     "grant_type",
     "client_id",
     "client_secret",
+    "client_assertion",
+    "client_assertion_type",
     "assertion",
     "refresh_token",
     "username",
     "password",
     "scope",
+    "subject_token",
+    "subject_token_type",
+    "actor_token",
+    "actor_token_type",
+    "requested_token_type",
 ];
 
 /// The token flags given, in the order they are reported when they cannot apply.
@@ -40,6 +50,37 @@ pub(super) fn flags_given(flags: &Flags) -> Vec<&'static str> {
         (CLIENT_SECRET.flag, flags.client_secret.is_some()),
         (CLIENT_SECRET_FILE.flag, flags.client_secret_file.is_some()),
         (CLIENT_AUTH.flag, flags.client_auth.is_some()),
+        (
+            JWT_SIGNING_KEY_FILE.flag,
+            flags.jwt_signing_key_file.is_some(),
+        ),
+        (JWT_KEY_ID.flag, flags.jwt_key_id.is_some()),
+        (JWT_ALG.flag, flags.jwt_alg.is_some()),
+        (JWT_AUDIENCE.flag, flags.jwt_audience.is_some()),
+        (
+            CLIENT_ASSERTION_FILE.flag,
+            flags.client_assertion_file.is_some(),
+        ),
+        (
+            TLS_CLIENT_CERT_FILE.flag,
+            flags.tls_client_cert_file.is_some(),
+        ),
+        (
+            TLS_CLIENT_KEY_FILE.flag,
+            flags.tls_client_key_file.is_some(),
+        ),
+        (TOKEN_CA_FILE.flag, flags.token_ca_file.is_some()),
+        (ISSUER.flag, flags.issuer.is_some()),
+        (AUDIENCE.flag, !flags.audience.is_empty()),
+        (RESOURCE.flag, !flags.resource.is_empty()),
+        (SUBJECT_TOKEN_FILE.flag, flags.subject_token_file.is_some()),
+        (SUBJECT_TOKEN_TYPE.flag, flags.subject_token_type.is_some()),
+        (ACTOR_TOKEN_FILE.flag, flags.actor_token_file.is_some()),
+        (ACTOR_TOKEN_TYPE.flag, flags.actor_token_type.is_some()),
+        (
+            REQUESTED_TOKEN_TYPE.flag,
+            flags.requested_token_type.is_some(),
+        ),
         (ASSERTION_FILE.flag, flags.assertion_file.is_some()),
         (REFRESH_TOKEN_FILE.flag, flags.refresh_token_file.is_some()),
         (USERNAME.flag, flags.username.is_some()),
@@ -132,16 +173,24 @@ fn profile(p: &Profile, c: &mut Checker) -> Option<TokenConfig> {
         }
     }
     let params = params(p, c);
+    let (audience, resource) = audiences(p, &params, c);
     let timing = timing(p, c);
     let state_file = state_file(p, c);
     let request_budget = request_budget(p, c);
     Some(TokenConfig {
         name: p.name.to_owned(),
         grant: grant?,
-        token_url: client.token_url.map(|u| u.value),
+        token_url: client.token_url.map(|u| u.value.trim().to_owned()),
         client_id: client.id.map(|u| u.value),
         client_secret: client.secret,
         client_auth: client.auth,
+        jwt: client.jwt,
+        client_assertion_file: client.assertion_file,
+        client_cert: client.cert,
+        token_ca_file: client.ca_file,
+        issuer: client.issuer.map(|i| i.value),
+        audience,
+        resource,
         scope: pick(&p.f.scope, &p.t.scope, &SCOPE, &p.table).map(|s| s.value),
         params,
         refresh_margin: timing.refresh_margin,
@@ -157,15 +206,33 @@ fn profile(p: &Profile, c: &mut Checker) -> Option<TokenConfig> {
 /// grant.
 struct Client {
     token_url: Option<Src<String>>,
+    issuer: Option<Src<String>>,
     id: Option<Src<String>>,
     secret: Option<SecretSource>,
     auth: ClientAuth,
+    jwt: JwtSettings,
+    assertion_file: Option<PathBuf>,
+    cert: Option<ClientCertFiles>,
+    ca_file: Option<PathBuf>,
 }
 
 fn client(p: &Profile, c: &mut Checker) -> Client {
     let (f, t, table) = (p.f, p.t, p.table.as_str());
+    let ca_file = pick(
+        &path_str(&f.token_ca_file),
+        &t.token_ca_file,
+        &TOKEN_CA_FILE,
+        table,
+    );
+    if let Some(ca) = &ca_file {
+        if let Err(e) = crate::tls::root_store(Some(Path::new(&ca.value))) {
+            c.err(format!("{}: {e}", ca.key));
+        }
+    }
+    let name = p.name;
     Client {
         token_url: pick(&f.token_url, &t.token_url, &TOKEN_URL, table),
+        issuer: pick(&f.issuer, &t.issuer, &ISSUER, table),
         id: pick(&f.client_id, &t.client_id, &CLIENT_ID, table),
         secret: c.secret(
             pick(
@@ -185,9 +252,151 @@ fn client(p: &Profile, c: &mut Checker) -> Client {
         auth: c.choice(
             pick(&f.client_auth, &t.client_auth, &CLIENT_AUTH, table),
             CLIENT_AUTH.default,
-            &[ClientAuth::Basic, ClientAuth::Body],
+            &CLIENT_AUTH_METHODS,
             ClientAuth::name,
         ),
+        jwt: JwtSettings {
+            signing_key_file: pick(
+                &path_str(&f.jwt_signing_key_file),
+                &t.jwt_signing_key_file,
+                &JWT_SIGNING_KEY_FILE,
+                table,
+            )
+            .map(|s| PathBuf::from(s.value)),
+            key_id: pick(&f.jwt_key_id, &t.jwt_key_id, &JWT_KEY_ID, table).map(|s| s.value),
+            alg: pick(&f.jwt_alg, &t.jwt_alg, &JWT_ALG, table).map(|s| s.value),
+            audience: pick(&f.jwt_audience, &t.jwt_audience, &JWT_AUDIENCE, table).map(|s| s.value),
+        },
+        assertion_file: pick(
+            &path_str(&f.client_assertion_file),
+            &t.client_assertion_file,
+            &CLIENT_ASSERTION_FILE,
+            table,
+        )
+        .map(|s| PathBuf::from(s.value)),
+        cert: c.client_cert(
+            pick(
+                &path_str(&f.tls_client_cert_file),
+                &t.tls_client_cert_file,
+                &TLS_CLIENT_CERT_FILE,
+                table,
+            ),
+            pick(
+                &path_str(&f.tls_client_key_file),
+                &t.tls_client_key_file,
+                &TLS_CLIENT_KEY_FILE,
+                table,
+            ),
+            |option, expires| Warning::token_cert_expires_soon(name, option, expires),
+        ),
+        ca_file: ca_file.map(|s| PathBuf::from(s.value)),
+    }
+}
+
+/// What the client authentication needs, and the options it leaves unused.
+fn check_client_auth(p: &Profile, v: &Client, c: &mut Checker) {
+    let table = p.table.as_str();
+    let auth = v.auth;
+    let needs = |c: &mut Checker, s: &Setting<NoDefault>, what: &str| {
+        c.err(format!(
+            "{}: client_auth `{}` needs {what}",
+            either(s, table),
+            auth.name()
+        ));
+    };
+    if !matches!(
+        auth,
+        ClientAuth::Basic | ClientAuth::Body | ClientAuth::AssertionFile
+    ) && v.id.is_none()
+    {
+        needs(c, &CLIENT_ID, "a client id");
+    }
+    let alg = match &v.jwt.alg {
+        Some(name) => match assertion::parse_alg(name) {
+            Some(a) => Some(a),
+            None => {
+                c.err(format!(
+                    "{}: `{name}` is not a JWS algorithm; use one of {}",
+                    either(&JWT_ALG, table),
+                    assertion::ALGORITHMS.map(|(n, _)| n).join(", ")
+                ));
+                None
+            }
+        },
+        None => None,
+    };
+    match auth {
+        ClientAuth::PrivateKeyJwt => match &v.jwt.signing_key_file {
+            None => needs(c, &JWT_SIGNING_KEY_FILE, "a signing key file"),
+            Some(path) => {
+                if let Err(e) = SigningKey::load(path, alg) {
+                    c.err(format!("{}: {e}", either(&JWT_SIGNING_KEY_FILE, table)));
+                }
+            }
+        },
+        ClientAuth::ClientSecretJwt => match &v.secret {
+            None => needs(c, &CLIENT_SECRET_FILE, "a client secret"),
+            Some(secret) => {
+                if let Ok(secret) = secret.load() {
+                    if let Err(e) = SigningKey::from_secret(&secret, alg) {
+                        c.err(format!("{}: {e}", either(&JWT_ALG, table)));
+                    }
+                }
+            }
+        },
+        ClientAuth::AssertionFile => match &v.assertion_file {
+            None => needs(c, &CLIENT_ASSERTION_FILE, "a client assertion file"),
+            Some(path) => p.check_jwt_file(
+                &Src {
+                    value: path.display().to_string(),
+                    key: either(&CLIENT_ASSERTION_FILE, table),
+                },
+                c,
+            ),
+        },
+        ClientAuth::Tls => {
+            if v.cert.is_none() {
+                needs(c, &TLS_CLIENT_CERT_FILE, "a client certificate and key");
+            }
+        }
+        ClientAuth::Basic | ClientAuth::Body | ClientAuth::None => {}
+    }
+    let signs = matches!(
+        auth,
+        ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt
+    );
+    let (f, t) = (p.f, p.t);
+    let unused = [
+        (
+            either(&JWT_SIGNING_KEY_FILE, table),
+            v.jwt.signing_key_file.is_some(),
+            auth == ClientAuth::PrivateKeyJwt,
+        ),
+        (either(&JWT_KEY_ID, table), v.jwt.key_id.is_some(), signs),
+        (either(&JWT_ALG, table), v.jwt.alg.is_some(), signs),
+        (
+            either(&JWT_AUDIENCE, table),
+            v.jwt.audience.is_some(),
+            signs,
+        ),
+        (
+            either(&CLIENT_ASSERTION_FILE, table),
+            v.assertion_file.is_some(),
+            auth == ClientAuth::AssertionFile,
+        ),
+        (
+            either(&CLIENT_SECRET_FILE, table),
+            f.client_secret.is_some()
+                || f.client_secret_file.is_some()
+                || t.client_secret.is_some()
+                || t.client_secret_file.is_some(),
+            auth.uses_secret(),
+        ),
+    ];
+    for (option, given, used) in unused {
+        if given && !used {
+            c.warn(Warning::unused_by_client_auth(p.name, option, auth.name()));
+        }
     }
 }
 
@@ -264,22 +473,28 @@ fn check_sent_values_not_empty(
 
 /// What an OAuth2 grant needs besides the grant itself.
 fn check_oauth(p: &Profile, g: &Grant, v: &Client, c: &mut Checker) {
-    match &v.token_url {
-        None => c.err(format!(
-            "{}: required for grant `{}`",
+    match (&v.token_url, &v.issuer) {
+        (None, None) => c.err(format!(
+            "{}: required for grant `{}` (or --{} to discover it)",
             either(&TOKEN_URL, &p.table),
-            g.kind()
+            g.kind(),
+            ISSUER.flag
         )),
-        Some(u) => check_token_url(u, c),
+        (Some(u), _) => check_token_url(u, c),
+        (None, Some(_)) => {}
     }
+    if let Some(i) = &v.issuer {
+        check_issuer(i, c);
+    }
+    check_client_auth(p, v, c);
     if matches!(g, Grant::ClientCredentials) {
-        if v.id.is_none() {
+        if v.id.is_none() && v.auth != ClientAuth::AssertionFile {
             c.err(format!(
                 "{}: required for grant `client_credentials`",
                 either(&CLIENT_ID, &p.table)
             ));
         }
-        if v.secret.is_none() {
+        if v.secret.is_none() && matches!(v.auth, ClientAuth::Basic | ClientAuth::Body) {
             c.err(format!(
                 "{}: required for grant `client_credentials`",
                 either(&CLIENT_SECRET_FILE, &p.table)
@@ -292,6 +507,20 @@ fn check_oauth(p: &Profile, g: &Grant, v: &Client, c: &mut Checker) {
             either(&CLIENT_ID, &p.table)
         ));
     }
+}
+
+/// An issuer is an https URL (http on loopback) without query or fragment (RFC 8414 2).
+fn check_issuer(issuer: &Src<String>, c: &mut Checker) {
+    let value = issuer.value.trim();
+    if value.contains(['?', '#']) {
+        c.err(format!(
+            "{}: `{}`: an issuer has no query or fragment",
+            issuer.key,
+            super::checker::printable_url(value)
+        ));
+        return;
+    }
+    check_token_url(issuer, c);
 }
 
 fn check_token_url(url: &Src<String>, c: &mut Checker) {
@@ -335,6 +564,45 @@ fn params(p: &Profile, c: &mut Checker) -> Vec<(String, String)> {
         }
     }
     params
+}
+
+/// `audience` and `resource` values: given as options, or as `params` (one way only).
+fn audiences(
+    p: &Profile,
+    params: &[(String, String)],
+    c: &mut Checker,
+) -> (Vec<String>, Vec<String>) {
+    let table = p.table.as_str();
+    let mut out = [Vec::new(), Vec::new()];
+    let each = [
+        (&p.f.audience, &p.t.audience, &AUDIENCE, "audience"),
+        (&p.f.resource, &p.t.resource, &RESOURCE, "resource"),
+    ];
+    for (slot, (flag, file, s, field)) in out.iter_mut().zip(each) {
+        let file = file.as_ref().map(super::file::OneOrMany::to_vec);
+        let values = list(flag, &file, s, table);
+        if !values.is_empty() && params.iter().any(|(k, _)| k == field) {
+            c.err(format!(
+                "{}: `{field}` is also given as a token param; give it one way",
+                either(s, table)
+            ));
+        }
+        for v in values {
+            let value = v.value.trim();
+            if value.is_empty() {
+                c.err(format!("{}: an empty {field}", v.key));
+            } else if field == "resource" && (!is_absolute_uri(value) || value.contains('#')) {
+                c.err(format!(
+                    "{}: `{value}` is not an absolute URI without a fragment (RFC 8707)",
+                    v.key
+                ));
+            } else {
+                slot.push(value.to_owned());
+            }
+        }
+    }
+    let [audience, resource] = out;
+    (audience, resource)
 }
 
 /// The state file, in a directory other users cannot write.

@@ -22,6 +22,10 @@ pub struct Warning {
     pub grant: Option<&'static str>,
     /// `token_url`: the token endpoint.
     pub token_url: Option<String>,
+    /// `client_auth`: the profile's client authentication.
+    pub client_auth: Option<&'static str>,
+    /// `expires`: when a credential expires or expired (RFC 3339).
+    pub expires: Option<String>,
 }
 
 impl Warning {
@@ -34,6 +38,8 @@ impl Warning {
             option: None,
             grant: None,
             token_url: None,
+            client_auth: None,
+            expires: None,
         }
     }
 
@@ -74,6 +80,50 @@ impl Warning {
         }
     }
 
+    /// An option the profile's client authentication does not use.
+    pub fn unused_by_client_auth(token: &str, option: String, client_auth: &'static str) -> Self {
+        Warning {
+            token: Some(token.to_owned()),
+            option: Some(option),
+            client_auth: Some(client_auth),
+            ..Warning::new(
+                "this option is not used by the profile's client authentication and is ignored",
+            )
+        }
+    }
+
+    /// A profile's client certificate that expires within 7 days.
+    pub fn token_cert_expires_soon(token: &str, option: String, expires: String) -> Self {
+        Warning {
+            token: Some(token.to_owned()),
+            option: Some(option),
+            expires: Some(expires),
+            ..Warning::new("the client certificate expires within 7 days (or has expired)")
+        }
+    }
+
+    /// A route's client certificate that expires within 7 days.
+    pub fn route_cert_expires_soon(route: &str, option: String, expires: String) -> Self {
+        Warning {
+            route: Some(route.to_owned()),
+            option: Some(option),
+            expires: Some(expires),
+            ..Warning::new("the client certificate expires within 7 days (or has expired)")
+        }
+    }
+
+    /// A client assertion or subject token file whose JWT has expired.
+    pub fn credential_expired(token: &str, option: String, expires: String) -> Self {
+        Warning {
+            token: Some(token.to_owned()),
+            option: Some(option),
+            expires: Some(expires),
+            ..Warning::new(
+                "the JWT in this file has expired; token requests fail until it is renewed",
+            )
+        }
+    }
+
     /// A shared key without a shared store.
     pub fn shared_key_without_store(option: String) -> Self {
         Warning {
@@ -101,8 +151,16 @@ impl Warning {
         push("option", self.option.clone());
         push("grant", self.grant.map(str::to_owned));
         push("token_url", self.token_url.clone());
+        push("client_auth", self.client_auth.map(str::to_owned));
+        push("expires", self.expires.clone());
         out
     }
+}
+
+/// Unix seconds as an RFC 3339 UTC time, for messages.
+pub fn unix_to_rfc3339(secs: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .to_string()
 }
 
 /// The message, then each field that is set as ` name=value`.
@@ -118,7 +176,7 @@ impl fmt::Display for Warning {
 
 /// Logs each configuration warning at WARN, one line each, under the target and with the
 /// fields the loader's own lines had (`route`, `listen`, `token`, `option`, `grant`,
-/// `token_url`; only those set appear), recorded as they were: displayed, `grant` as a string.
+/// `token_url`, `client_auth`, `expires`; only those set appear), recorded as they were: displayed, `grant` as a string.
 pub fn log_warnings(warnings: &[Warning]) {
     for w in warnings {
         tracing::warn!(
@@ -129,6 +187,8 @@ pub fn log_warnings(warnings: &[Warning]) {
             option = w.option.as_deref().map(tracing::field::display),
             grant = w.grant,
             token_url = w.token_url.as_deref().map(tracing::field::display),
+            client_auth = w.client_auth,
+            expires = w.expires.as_deref().map(tracing::field::display),
             "{}",
             w.message
         );

@@ -55,6 +55,8 @@ pub struct ClientSettings {
     pub pool_idle_timeout: Duration,
     /// Extra PEM CA file trusted besides the system and webpki roots.
     pub ca_file: Option<std::path::PathBuf>,
+    /// The client certificate presented to the upstream (mutual TLS).
+    pub client_cert: Option<crate::tls::ClientCertFiles>,
 }
 use super::growth::{Growth, FLOOR};
 use super::upstream::Upstream;
@@ -301,8 +303,9 @@ impl Pool {
         open: IntGauge,
     ) -> Result<Self, ClientError> {
         let roots = crate::tls::root_store(settings.ca_file.as_deref())?;
-        let connector = make_connector(settings, tls_config(roots.clone())?, true);
-        let upgrade_connector = make_connector(settings, tls_config(roots)?, false);
+        let cert = settings.client_cert.as_ref();
+        let connector = make_connector(settings, tls_config(roots.clone(), cert)?, true);
+        let upgrade_connector = make_connector(settings, tls_config(roots, cert)?, false);
         let mut h1 = http1::Builder::new();
         h1.writev(false);
         let mut h2 = http2::Builder::new(TokioExecutor::new());
@@ -784,6 +787,7 @@ mod tests {
                 connect_timeout: Duration::from_secs(5),
                 pool_idle_timeout: Duration::from_secs(90),
                 ca_file: None,
+                client_cert: None,
             },
             PoolLimits {
                 max_idle: 8,

@@ -159,6 +159,9 @@ pub struct TokenStore {
     retry_after: AtomicU64,
     /// Where attempts are counted (`token_sidecar_token_refreshes_total`, ...).
     metrics: Option<crate::metrics::Metrics>,
+    /// The JWT read from a file for the last token request (a client assertion, a subject
+    /// token) that expires first: what it is, and its `exp`.
+    credential: Mutex<Option<(String, u64)>>,
 }
 
 impl std::fmt::Debug for TokenStore {
@@ -189,6 +192,7 @@ impl TokenStore {
             version_tx: watch::channel(0).0,
             retry_after: AtomicU64::new(1),
             metrics: None,
+            credential: Mutex::new(None),
         }
     }
 
@@ -369,8 +373,46 @@ impl TokenStore {
             .clone()
     }
 
-    /// Why this store cannot serve right now, or `None` when it holds a valid token.
+    /// Records the JWT read from a file for a token request that expires first (`what`
+    /// names the file), or that none had an `exp`: exported as
+    /// `token_sidecar_client_assertion_expiry_timestamp_seconds`, and `/readyz` fails once it
+    /// has passed.
+    pub fn note_credential_expiry(&self, credential: Option<(String, u64)>) {
+        if let Some(m) = &self.metrics {
+            match &credential {
+                Some((_, exp)) => m
+                    .client_assertion_expiry
+                    .with_label_values(&[&*self.name])
+                    .set(*exp as f64),
+                None => {
+                    let _ = m
+                        .client_assertion_expiry
+                        .remove_label_values(&[&*self.name]);
+                }
+            }
+        }
+        *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = credential;
+    }
+
+    /// The JWT read from a file for the last token request that expires first, and its `exp`.
+    pub fn credential_expiry(&self) -> Option<(String, u64)> {
+        self.credential
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why this store cannot serve right now, or `None` when it holds a valid token and the
+    /// credentials it is renewed with have not expired.
     pub fn unready_reason(&self, now: Instant) -> Option<String> {
+        if let Some((what, exp)) = self.credential_expiry() {
+            if exp <= unix_seconds(SystemTime::now()) {
+                let at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(exp));
+                return Some(format!(
+                    "the {what} expired at {at}; token requests fail until it is renewed"
+                ));
+            }
+        }
         match self.load().as_ref() {
             Some(t) if t.is_valid_at(now) => None,
             Some(_) => Some(self.reason_with_error("the token has expired")),

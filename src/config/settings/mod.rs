@@ -289,6 +289,9 @@ pub mod shared {
     pub const ALL: &[&dyn AnySetting] = &[&REDIS_URL, &REDIS_URL_FILE, &SHARED_KEY_FILE];
 }
 
+/// How long before a client certificate expires `check` and the start-up log warn about it.
+pub const CERT_EXPIRY_WARNING: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Every setting that has a flag, table by table.
 pub fn all() -> impl Iterator<Item = &'static dyn AnySetting> {
     [top::ALL, admin::ALL, shared::ALL, route::ALL, token::ALL]

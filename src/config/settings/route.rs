@@ -29,6 +29,25 @@ pub const UPSTREAM_CA_FILE: Setting<NoDefault> = Setting {
     default: NoDefault,
     help: "Extra PEM CA(s) trusted for the upstream",
 };
+/// `--upstream-tls-client-cert-file` / `route[N].upstream_tls_client_cert_file`.
+pub const UPSTREAM_TLS_CLIENT_CERT_FILE: Setting<NoDefault> = Setting {
+    flag: "upstream-tls-client-cert-file",
+    env: "TOKEN_SIDECAR_UPSTREAM_TLS_CLIENT_CERT_FILE",
+    key: "upstream_tls_client_cert_file",
+    value: "FILE",
+    default: NoDefault,
+    help:
+        "PEM certificate chain presented to the upstream (mutual TLS); read again when it changes",
+};
+/// `--upstream-tls-client-key-file` / `route[N].upstream_tls_client_key_file`.
+pub const UPSTREAM_TLS_CLIENT_KEY_FILE: Setting<NoDefault> = Setting {
+    flag: "upstream-tls-client-key-file",
+    env: "TOKEN_SIDECAR_UPSTREAM_TLS_CLIENT_KEY_FILE",
+    key: "upstream_tls_client_key_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "PEM private key of --upstream-tls-client-cert-file",
+};
 /// `--refresh-on-401` / `route[N].refresh_on_401`.
 pub const REFRESH_ON_401: Setting<bool> = Setting {
     flag: "refresh-on-401",
@@ -152,6 +171,8 @@ pub const ALL: &[&dyn AnySetting] = &[
     &LISTEN,
     &UPSTREAM,
     &UPSTREAM_CA_FILE,
+    &UPSTREAM_TLS_CLIENT_CERT_FILE,
+    &UPSTREAM_TLS_CLIENT_KEY_FILE,
     &REFRESH_ON_401,
     &RETRY_BODY_LIMIT,
     &HEADER,

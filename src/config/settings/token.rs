@@ -9,7 +9,7 @@ pub const GRANT: Setting<&str> = Setting {
     key: "grant",
     value: "KIND",
     default: "client_credentials",
-    help: "client_credentials, jwt_bearer, refresh_token, password, file or static",
+    help: "client_credentials, jwt_bearer, token_exchange, refresh_token, password, file or static",
 };
 /// `--token-url` / `token.NAME.token_url`.
 pub const TOKEN_URL: Setting<NoDefault> = Setting {
@@ -52,10 +52,158 @@ pub const CLIENT_AUTH: Setting<ClientAuth> = Setting {
     flag: "client-auth",
     env: "TOKEN_SIDECAR_CLIENT_AUTH",
     key: "client_auth",
-    value: "basic|body",
+    value: "METHOD",
     default: ClientAuth::Basic,
-    help: "basic or body: how the client authenticates to the token endpoint",
+    help: "How the client authenticates to the token endpoint: basic, body, none, private_key_jwt, client_secret_jwt, assertion_file or tls",
 };
+/// `--jwt-signing-key-file` / `token.NAME.jwt_signing_key_file`.
+pub const JWT_SIGNING_KEY_FILE: Setting<NoDefault> = Setting {
+    flag: "jwt-signing-key-file",
+    env: "TOKEN_SIDECAR_JWT_SIGNING_KEY_FILE",
+    key: "jwt_signing_key_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "For private_key_jwt: the PEM private key (PKCS#8, PKCS#1 RSA or SEC1 EC) that signs client assertions; read again when it changes",
+};
+/// `--jwt-key-id` / `token.NAME.jwt_key_id`.
+pub const JWT_KEY_ID: Setting<NoDefault> = Setting {
+    flag: "jwt-key-id",
+    env: "TOKEN_SIDECAR_JWT_KEY_ID",
+    key: "jwt_key_id",
+    value: "KID",
+    default: NoDefault,
+    help: "The `kid` header of client assertions",
+};
+/// `--jwt-alg` / `token.NAME.jwt_alg`: without it, the key's type decides.
+pub const JWT_ALG: Setting<NoDefault> = Setting {
+    flag: "jwt-alg",
+    env: "TOKEN_SIDECAR_JWT_ALG",
+    key: "jwt_alg",
+    value: "ALG",
+    default: NoDefault,
+    help: "Algorithm of client assertions (default from the key: RS256, ES256, ES384 or EdDSA; HS256 for client_secret_jwt); PS256 and the other RS/PS/HS variants on request",
+};
+/// `--jwt-audience` / `token.NAME.jwt_audience`: without it, the token endpoint's URL.
+pub const JWT_AUDIENCE: Setting<NoDefault> = Setting {
+    flag: "jwt-audience",
+    env: "TOKEN_SIDECAR_JWT_AUDIENCE",
+    key: "jwt_audience",
+    value: "AUD",
+    default: NoDefault,
+    help: "The `aud` of client assertions (default: the token endpoint URL)",
+};
+/// `--client-assertion-file` / `token.NAME.client_assertion_file`.
+pub const CLIENT_ASSERTION_FILE: Setting<NoDefault> = Setting {
+    flag: "client-assertion-file",
+    env: "TOKEN_SIDECAR_CLIENT_ASSERTION_FILE",
+    key: "client_assertion_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "For assertion_file: the client assertion (such as a projected service-account token), read before every token request",
+};
+/// `--tls-client-cert-file` / `token.NAME.tls_client_cert_file`.
+pub const TLS_CLIENT_CERT_FILE: Setting<NoDefault> = Setting {
+    flag: "tls-client-cert-file",
+    env: "TOKEN_SIDECAR_TLS_CLIENT_CERT_FILE",
+    key: "tls_client_cert_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "PEM certificate chain presented to the token endpoint (mutual TLS); read again when it changes",
+};
+/// `--tls-client-key-file` / `token.NAME.tls_client_key_file`.
+pub const TLS_CLIENT_KEY_FILE: Setting<NoDefault> = Setting {
+    flag: "tls-client-key-file",
+    env: "TOKEN_SIDECAR_TLS_CLIENT_KEY_FILE",
+    key: "tls_client_key_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "PEM private key of --tls-client-cert-file",
+};
+/// `--token-ca-file` / `token.NAME.token_ca_file`.
+pub const TOKEN_CA_FILE: Setting<NoDefault> = Setting {
+    flag: "token-ca-file",
+    env: "TOKEN_SIDECAR_TOKEN_CA_FILE",
+    key: "token_ca_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "Extra PEM CA certificates trusted for the token endpoint and the issuer",
+};
+/// `--issuer` / `token.NAME.issuer`.
+pub const ISSUER: Setting<NoDefault> = Setting {
+    flag: "issuer",
+    env: "TOKEN_SIDECAR_ISSUER",
+    key: "issuer",
+    value: "URL",
+    default: NoDefault,
+    help: "Authorization server whose metadata (RFC 8414, else OpenID Connect discovery) gives the token endpoint at start",
+};
+/// `--audience` (repeatable) / `token.NAME.audience`.
+pub const AUDIENCE: Setting<NoDefault> = Setting {
+    flag: "audience",
+    env: "TOKEN_SIDECAR_AUDIENCE",
+    key: "audience",
+    value: "AUD",
+    default: NoDefault,
+    help:
+        "`audience` sent with every token request (repeatable; comma-separated in the environment)",
+};
+/// `--resource` (repeatable) / `token.NAME.resource`.
+pub const RESOURCE: Setting<NoDefault> = Setting {
+    flag: "resource",
+    env: "TOKEN_SIDECAR_RESOURCE",
+    key: "resource",
+    value: "URI",
+    default: NoDefault,
+    help: "`resource` (RFC 8707) sent with every token request (repeatable; comma-separated in the environment)",
+};
+/// `--subject-token-file` / `token.NAME.subject_token_file`.
+pub const SUBJECT_TOKEN_FILE: Setting<NoDefault> = Setting {
+    flag: "subject-token-file",
+    env: "TOKEN_SIDECAR_SUBJECT_TOKEN_FILE",
+    key: "subject_token_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "For token_exchange: the subject token, read before every token request",
+};
+/// `--subject-token-type` / `token.NAME.subject_token_type`.
+pub const SUBJECT_TOKEN_TYPE: Setting<&str> = Setting {
+    flag: "subject-token-type",
+    env: "TOKEN_SIDECAR_SUBJECT_TOKEN_TYPE",
+    key: "subject_token_type",
+    value: "URI",
+    default: JWT_TOKEN_TYPE,
+    help: "For token_exchange: the subject token's type",
+};
+/// `--actor-token-file` / `token.NAME.actor_token_file`.
+pub const ACTOR_TOKEN_FILE: Setting<NoDefault> = Setting {
+    flag: "actor-token-file",
+    env: "TOKEN_SIDECAR_ACTOR_TOKEN_FILE",
+    key: "actor_token_file",
+    value: "FILE",
+    default: NoDefault,
+    help: "For token_exchange: an actor token, read before every token request",
+};
+/// `--actor-token-type` / `token.NAME.actor_token_type`.
+pub const ACTOR_TOKEN_TYPE: Setting<&str> = Setting {
+    flag: "actor-token-type",
+    env: "TOKEN_SIDECAR_ACTOR_TOKEN_TYPE",
+    key: "actor_token_type",
+    value: "URI",
+    default: JWT_TOKEN_TYPE,
+    help: "For token_exchange: the actor token's type",
+};
+/// `--requested-token-type` / `token.NAME.requested_token_type`.
+pub const REQUESTED_TOKEN_TYPE: Setting<NoDefault> = Setting {
+    flag: "requested-token-type",
+    env: "TOKEN_SIDECAR_REQUESTED_TOKEN_TYPE",
+    key: "requested_token_type",
+    value: "URI",
+    default: NoDefault,
+    help: "For token_exchange: the type of token asked for",
+};
+
+/// RFC 8693's token type of a JWT.
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 /// `--assertion-file` / `token.NAME.assertion_file` (or `assertion` inline).
 pub const ASSERTION_FILE: Setting<NoDefault> = Setting {
     flag: "assertion-file",
@@ -208,6 +356,22 @@ pub const ALL: &[&dyn AnySetting] = &[
     &CLIENT_SECRET,
     &CLIENT_SECRET_FILE,
     &CLIENT_AUTH,
+    &JWT_SIGNING_KEY_FILE,
+    &JWT_KEY_ID,
+    &JWT_ALG,
+    &JWT_AUDIENCE,
+    &CLIENT_ASSERTION_FILE,
+    &TLS_CLIENT_CERT_FILE,
+    &TLS_CLIENT_KEY_FILE,
+    &TOKEN_CA_FILE,
+    &ISSUER,
+    &AUDIENCE,
+    &RESOURCE,
+    &SUBJECT_TOKEN_FILE,
+    &SUBJECT_TOKEN_TYPE,
+    &ACTOR_TOKEN_FILE,
+    &ACTOR_TOKEN_TYPE,
+    &REQUESTED_TOKEN_TYPE,
     &ASSERTION_FILE,
     &REFRESH_TOKEN_FILE,
     &USERNAME,

@@ -2,13 +2,20 @@
 //! and [`OAuthClient`], its HTTP implementation, which builds the grant requests
 //! ([`GrantRequest`]), sends them and hands the answer to [`response`].
 //!
+//! - [`client_auth`]: what each client authentication method adds to a request;
+//! - [`assertion`]: signed client assertions, and the `exp` of a JWT read from a file;
+//! - [`discovery`]: the token endpoint from the issuer's metadata (RFC 8414, OIDC);
 //! - [`error`]: why a request failed and how the refresher reacts ([`OAuthError`]);
 //! - [`response`]: the strict parsing of token and error bodies, and `Retry-After`.
 
+pub mod assertion;
+mod client_auth;
+pub mod discovery;
 pub mod error;
 pub mod response;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
@@ -21,14 +28,18 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use zeroize::Zeroizing;
 
-use crate::config::{ClientAuth, Grant, TokenConfig};
-use crate::secret::{zeroizing_bytes, Secret, SecretSource};
+use crate::config::{Grant, TokenConfig};
+use crate::secret::{zeroizing_bytes, Secret};
 use crate::token::set::TokenSet;
+use crate::token::TokenStore;
 pub use error::{FailureClass, OAuthError};
 pub use response::{parse_error, parse_retry_after, parse_success};
 
 /// RFC 7523's grant type.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// RFC 8693's grant type.
+pub const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 
 /// Token responses larger than this are refused (a token set is a few kilobytes).
 pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
@@ -70,12 +81,34 @@ fn z(s: impl Into<String>) -> Zeroizing<String> {
 
 type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// The HTTP client of a profile's authorization server: the extra CA of `--token-ca-file`,
+/// and the client certificate of `--tls-client-cert-file` (read again when it changes).
+fn http_client(cfg: &TokenConfig) -> Result<HttpClient, String> {
+    let roots = crate::tls::root_store(cfg.token_ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let tls = crate::tls::tls_config(roots, cfg.client_cert.as_ref()).map_err(|e| e.to_string())?;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(cfg.request_timeout));
+    http.set_nodelay(true);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector))
+}
+
 /// A client of one profile's token endpoint.
 #[derive(Clone)]
 pub struct OAuthClient {
     http: HttpClient,
     token_url: Uri,
     cfg: TokenConfig,
+    /// Where the expiry of a JWT read from a file is reported.
+    store: Option<Arc<TokenStore>>,
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -94,32 +127,27 @@ impl OAuthClient {
             .as_deref()
             .ok_or_else(|| "no token_url".to_owned())?;
         let token_url: Uri = url.parse().map_err(|e| format!("token_url: {e}"))?;
-        let roots = crate::tls::root_store(None).map_err(|e| e.to_string())?;
-        let tls = crate::tls::tls_config(roots).map_err(|e| e.to_string())?;
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(cfg.request_timeout));
-        http.set_nodelay(true);
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build(connector);
         Ok(OAuthClient {
-            http: client,
+            http: http_client(cfg)?,
             token_url,
             cfg: cfg.clone(),
+            store: None,
         })
     }
 
-    /// The form fields of a request (secrets included: never log the result), and the client
-    /// secret when it goes in HTTP Basic instead.
-    fn form(&self, grant: &GrantRequest<'_>) -> Result<(FormFields, Option<Secret>), OAuthError> {
+    /// The same client, reporting the expiry of each JWT it reads from a file (a client
+    /// assertion, a subject token) to `store`.
+    pub fn reporting_to(mut self, store: Arc<TokenStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The form fields of a request (secrets included: never log the result), the client
+    /// secret when it goes in HTTP Basic instead, and the JWT read from a file that expires
+    /// first.
+    fn form(&self, grant: &GrantRequest<'_>) -> Result<Form, OAuthError> {
         let mut fields: FormFields = Vec::new();
+        let mut credential = None;
         match grant {
             GrantRequest::Refresh(rt) => {
                 fields.push(("grant_type", z("refresh_token")));
@@ -130,6 +158,29 @@ impl OAuthClient {
                 Grant::JwtBearer { assertion } => {
                     fields.push(("grant_type", z(JWT_BEARER)));
                     fields.push(("assertion", z(assertion.load()?.expose().to_owned())));
+                }
+                Grant::TokenExchange {
+                    subject_token_file,
+                    subject_token_type,
+                    actor_token_file,
+                    actor_token_type,
+                    requested_token_type,
+                } => {
+                    fields.push(("grant_type", z(TOKEN_EXCHANGE)));
+                    let (subject, exp) =
+                        client_auth::read_jwt_file(subject_token_file, "subject token file")?;
+                    credential = exp;
+                    fields.push(("subject_token", z(subject.expose())));
+                    fields.push(("subject_token_type", z(subject_token_type.as_str())));
+                    if let Some(path) = actor_token_file {
+                        let (actor, exp) = client_auth::read_jwt_file(path, "actor token file")?;
+                        credential = client_auth::earliest(credential, exp);
+                        fields.push(("actor_token", z(actor.expose())));
+                        fields.push(("actor_token_type", z(actor_token_type.as_str())));
+                    }
+                    if let Some(t) = requested_token_type {
+                        fields.push(("requested_token_type", z(t.as_str())));
+                    }
                 }
                 Grant::RefreshToken { refresh_token } => {
                     fields.push(("grant_type", z("refresh_token")));
@@ -156,27 +207,28 @@ impl OAuthClient {
                 fields.push(("scope", z(scope.clone())));
             }
         }
-        let secret = self
-            .cfg
-            .client_secret
-            .as_ref()
-            .map(SecretSource::load)
-            .transpose()?;
-        if self.cfg.client_auth == ClientAuth::Basic && secret.is_some() {
-            return Ok((fields, secret));
+        // RFC 8693 2.1, RFC 8707 2: one field per value, with every grant.
+        for a in &self.cfg.audience {
+            fields.push(("audience", z(a.as_str())));
         }
-        if let Some(id) = &self.cfg.client_id {
-            fields.push(("client_id", z(id.clone())));
+        for r in &self.cfg.resource {
+            fields.push(("resource", z(r.as_str())));
         }
-        if let Some(s) = &secret {
-            fields.push(("client_secret", z(s.expose().to_owned())));
-        }
-        Ok((fields, None))
+        let auth = client_auth::authenticate(&self.cfg, &self.token_url.to_string(), &mut fields)?;
+        Ok(Form {
+            fields,
+            basic: auth.basic,
+            credential: client_auth::earliest(credential, auth.credential),
+        })
     }
 
     /// Sends one token request and parses the answer.
     pub async fn send(&self, grant: GrantRequest<'_>) -> Result<TokenSet, OAuthError> {
-        let (fields, basic) = self.form(&grant)?;
+        let form = self.form(&grant);
+        if let (Some(store), Ok(form)) = (&self.store, &form) {
+            store.note_credential_expiry(form.credential.clone());
+        }
+        let Form { fields, basic, .. } = form?;
         // Every credential this request carries, to scrub from whatever the server answers: some
         // servers echo the submitted form in their error descriptions.
         let mut sent_secrets: Vec<Zeroizing<String>> = fields
@@ -288,5 +340,20 @@ impl OAuthClient {
     }
 }
 
+/// A request's form, before it is encoded.
+struct Form {
+    fields: FormFields,
+    basic: Option<Secret>,
+    credential: Option<(String, u64)>,
+}
+
 /// Form fields whose values are credentials.
-const SECRET_FIELDS: [&str; 4] = ["assertion", "refresh_token", "password", "client_secret"];
+const SECRET_FIELDS: [&str; 7] = [
+    "assertion",
+    "refresh_token",
+    "password",
+    "client_secret",
+    "client_assertion",
+    "subject_token",
+    "actor_token",
+];

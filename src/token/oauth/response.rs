@@ -111,6 +111,9 @@ fn parse_fields(
     }
     match obj.get("token_type") {
         Some(Value::String(t)) if t.eq_ignore_ascii_case("bearer") => {}
+        // RFC 8693 2.2.1: a token exchange that issues something other than an access token
+        // says `N_A`; the token is sent as it is.
+        Some(Value::String(t)) if t == "N_A" && obj.contains_key("issued_token_type") => {}
         Some(Value::String(t)) => {
             return Err(OAuthError::Malformed(format!(
                 "token_type `{}` is not bearer",
@@ -241,6 +244,9 @@ mod tests {
 
     #[test]
     fn lenient_where_rfc_allows() {
+        let t = ok(r#"{"access_token":"a","token_type":"N_A","issued_token_type":"urn:ietf:params:oauth:token-type:jwt"}"#).unwrap();
+        assert_eq!(t.access_token.expose(), "a");
+        assert!(ok(r#"{"access_token":"a","token_type":"N_A"}"#).is_err());
         let t = ok(r#"{"access_token":"a","token_type":"Bearer"}"#).unwrap();
         assert_eq!(t.lifetime(), H, "missing expires_in takes the default");
         let t = ok(r#"{"access_token":"a","token_type":"BEARER","expires_in":"60"}"#).unwrap();

@@ -216,7 +216,7 @@ impl Refresher {
         metrics: Metrics,
         shared: Option<&SharedConfig>,
     ) -> Result<Self, String> {
-        let endpoint = OAuthClient::new(cfg)?;
+        let endpoint = OAuthClient::new(cfg)?.reporting_to(store.clone());
         // A dead holder blocks the others for at most this long; a live one needs at most two
         // token requests (a refresh, then the primary grant) plus the Redis writes.
         let lock_ttl = cfg.request_timeout * 2 + Duration::from_secs(5);
