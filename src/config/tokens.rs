@@ -304,11 +304,13 @@ fn check_client_auth(p: &Profile, v: &Client, c: &mut Checker) {
             auth.name()
         ));
     };
-    if !matches!(
+    // A public client (`none`) sends its id when it has one; a token exchange with a security
+    // token service (Google's STS) has none.
+    let id_required = matches!(
         auth,
-        ClientAuth::Basic | ClientAuth::Body | ClientAuth::AssertionFile
-    ) && v.id.is_none()
-    {
+        ClientAuth::PrivateKeyJwt | ClientAuth::ClientSecretJwt | ClientAuth::Tls
+    );
+    if id_required && v.id.is_none() {
         needs(c, &CLIENT_ID, "a client id");
     }
     let alg = match &v.jwt.alg {
@@ -488,7 +490,7 @@ fn check_oauth(p: &Profile, g: &Grant, v: &Client, c: &mut Checker) {
     }
     check_client_auth(p, v, c);
     if matches!(g, Grant::ClientCredentials) {
-        if v.id.is_none() && v.auth != ClientAuth::AssertionFile {
+        if v.id.is_none() && matches!(v.auth, ClientAuth::Basic | ClientAuth::Body) {
             c.err(format!(
                 "{}: required for grant `client_credentials`",
                 either(&CLIENT_ID, &p.table)
