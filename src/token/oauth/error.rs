@@ -97,15 +97,49 @@ impl OAuthError {
     }
 }
 
-/// Replaces every occurrence of each secret (as sent, and form-encoded) in `text`.
+/// Fragments of a credential this long or longer are removed, wherever they appear: a server
+/// that echoes a credential in an error may have cut it (the sidecar also clips what it keeps
+/// of an error), and a cut credential is still one.
+const MIN_FRAGMENT: usize = 12;
+
+/// Replaces every run of `text` that is a piece of a secret (as sent, or form-encoded) of
+/// [`MIN_FRAGMENT`] bytes or more (the whole secret when it is shorter, down to 4 bytes), and
+/// a text's end that is a secret's first 4 bytes or more, with `<redacted>`.
 fn scrub_text<S: AsRef<str>>(text: &str, secrets: &[S]) -> String {
-    let mut out = text.to_owned();
+    let bytes = text.as_bytes();
+    let mut redact = vec![false; bytes.len()];
     for secret in secrets.iter().map(AsRef::as_ref).filter(|s| s.len() >= 4) {
         let encoded: String = form_urlencoded::byte_serialize(secret.as_bytes()).collect();
-        for form in [secret, encoded.as_str()] {
-            if out.contains(form) {
-                out = out.replace(form, "<redacted>");
+        for form in [secret.as_bytes(), encoded.as_bytes()] {
+            let n = MIN_FRAGMENT.min(form.len());
+            let windows: std::collections::HashSet<&[u8]> = form.windows(n).collect();
+            for (i, w) in bytes.windows(n).enumerate() {
+                if windows.contains(w) {
+                    redact[i..i + n].fill(true);
+                }
             }
+            // A text clipped in the middle of a credential ends with its first bytes.
+            if let Some(k) = (4..n).rev().find(|k| bytes.ends_with(&form[..*k])) {
+                let len = bytes.len();
+                redact[len - k..].fill(true);
+            }
+        }
+    }
+    if !redact.contains(&true) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_run = false;
+    for (i, ch) in text.char_indices() {
+        // A character is redacted when any of its bytes is.
+        if redact[i..i + ch.len_utf8()].contains(&true) {
+            if !in_run {
+                out.push_str("<redacted>");
+                in_run = true;
+            }
+        } else {
+            out.push(ch);
+            in_run = false;
         }
     }
     out
@@ -132,5 +166,67 @@ impl OAuthError {
             OAuthError::Credentials(t) => OAuthError::Credentials(s(t)),
             other => other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const JWT: &str = "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJjbGllbnQifQ.c2lnbmF0dXJlLWJ5dGVz";
+
+    #[test]
+    fn whole_cut_and_encoded_credentials_are_removed() {
+        let cut = &JWT[..30];
+        let tail = &JWT[25..];
+        for (text, want) in [
+            (format!("bad: {JWT}"), "bad: <redacted>"),
+            (
+                format!("bad: client_assertion={cut}"),
+                "bad: client_assertion=<redacted>",
+            ),
+            (format!("{tail} was refused"), "<redacted> was refused"),
+            ("pw=p%40ss%2Fw0rd%3D%3Dlong".to_owned(), "pw=<redacted>"),
+            ("nothing here".to_owned(), "nothing here"),
+        ] {
+            assert_eq!(scrub_text(&text, &[JWT, "p@ss/w0rd==long"]), want);
+        }
+    }
+
+    #[test]
+    fn short_credentials_are_removed_only_whole() {
+        assert_eq!(
+            scrub_text("k=abcde x=abcd.", &["abcde"]),
+            "k=<redacted> x=abcd."
+        );
+        assert_eq!(
+            scrub_text("k=abc", &["abc"]),
+            "k=abc",
+            "under 4 bytes: never"
+        );
+        assert_eq!(
+            scrub_text("clipped: eyJhbGc", &[JWT]),
+            "clipped: <redacted>"
+        );
+    }
+
+    #[test]
+    fn pieces_next_to_other_text_and_multibyte_characters_are_cut_cleanly() {
+        let text = format!("é{}ü and more", &JWT[3..20]);
+        assert_eq!(scrub_text(&text, &[JWT]), "é<redacted>ü and more");
+    }
+
+    #[test]
+    fn every_text_of_an_error_is_scrubbed() {
+        let e = OAuthError::Endpoint {
+            status: 400,
+            error: format!("x{}", &JWT[..15]),
+            description: Some(JWT[10..40].to_owned()),
+            codes: vec![JWT[40..].to_owned()],
+        }
+        .scrub(&[JWT]);
+        let shown = format!("{e} {e:?}");
+        assert!(!shown.contains(&JWT[..MIN_FRAGMENT]), "{shown}");
+        assert!(!shown.contains(&JWT[40..52]), "{shown}");
     }
 }
