@@ -253,3 +253,95 @@ impl ResolvesClientCert for ReloadingClientCert {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(cn: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(vec![cn.to_owned()]).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let cert = p.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn replace(path: &Path, content: &str) {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, content).unwrap();
+        std::fs::rename(&tmp, path).unwrap();
+    }
+
+    #[test]
+    fn a_renewed_pair_is_used_and_a_broken_one_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ClientCertFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        };
+        let (a_cert, a_key) = pair("a");
+        std::fs::write(&files.cert, &a_cert).unwrap();
+        std::fs::write(&files.key, &a_key).unwrap();
+        let r = ReloadingClientCert::new(files.clone()).unwrap();
+        let first = r.current();
+        assert!(
+            Arc::ptr_eq(&first, &r.current()),
+            "unchanged files are not read again"
+        );
+        assert_eq!(files.summary().unwrap().subject, "CN=a");
+
+        let (b_cert, b_key) = pair("b");
+        replace(&files.key, &b_key);
+        replace(&files.cert, &b_cert);
+        let second = r.current();
+        assert_ne!(second.cert, first.cert);
+
+        // Half a renewal (the certificate of a key not yet written) is not used.
+        let (c_cert, _) = pair("c");
+        replace(&files.cert, &c_cert);
+        assert_eq!(r.current().cert, second.cert);
+        replace(&files.cert, "not a certificate");
+        assert_eq!(r.current().cert, second.cert);
+    }
+
+    #[test]
+    fn a_pair_that_does_not_belong_together_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a_cert, _) = pair("a");
+        let (_, b_key) = pair("b");
+        let files = ClientCertFiles {
+            cert: dir.path().join("tls.crt"),
+            key: dir.path().join("tls.key"),
+        };
+        std::fs::write(&files.cert, &a_cert).unwrap();
+        std::fs::write(&files.key, &b_key).unwrap();
+        let e = ReloadingClientCert::new(files.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not belong to the certificate"), "{e}");
+        assert!(!e.contains("PRIVATE KEY"), "{e}");
+        std::fs::write(&files.key, "garbage").unwrap();
+        let e = files.load().unwrap_err().to_string();
+        assert!(e.contains("no readable PEM private key"), "{e}");
+    }
+
+    #[test]
+    fn expiry_is_compared_with_the_warning_window() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let day = 24 * 3600;
+        assert!(expires_within(
+            1_000_000 + 6 * day,
+            Duration::from_secs(7 * day),
+            now
+        ));
+        assert!(!expires_within(
+            1_000_000 + 8 * day,
+            Duration::from_secs(7 * day),
+            now
+        ));
+        assert!(
+            expires_within(10, Duration::from_secs(7 * day), now),
+            "expired"
+        );
+    }
+}

@@ -206,3 +206,179 @@ fn the_log_format_hint_reads_the_flag_then_the_file() {
     };
     assert_eq!(log_format_hint(&bad, &no_env), LogFormat::Json);
 }
+
+/// A profile of `client_credentials` at `https://id.example.com/token` for client `c1`, as
+/// `extra` TOML lines complete it.
+fn auth_profile(extra: &str) -> Result<Loaded, ConfigErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[[route]]\nupstream = \"https://api.example.com\"\n[token.t]\ntoken_url = \"https://id.example.com/token\"\nclient_id = \"c1\"\n{extra}\n"
+        ),
+    )
+    .unwrap();
+    let flags = Flags {
+        config: Some(path),
+        ..Default::default()
+    };
+    load(&flags, &no_env)
+}
+
+#[test]
+fn each_client_auth_names_what_it_lacks() {
+    for (auth, lacks) in [
+        ("private_key_jwt", "--jwt-signing-key-file"),
+        ("client_secret_jwt", "--client-secret-file"),
+        ("assertion_file", "--client-assertion-file"),
+        ("tls", "--tls-client-cert-file"),
+    ] {
+        let errs = auth_profile(&format!("client_auth = \"{auth}\""))
+            .unwrap_err()
+            .0;
+        let all = errs.join("\n");
+        assert!(
+            all.contains(lacks) && all.contains(&format!("client_auth `{auth}` needs")),
+            "{auth}: {all}"
+        );
+    }
+    let errs = auth_profile("client_auth = \"mtls\"").unwrap_err().0;
+    assert!(
+        errs.join("\n")
+            .contains("is not basic or body or none or private_key_jwt or client_secret_jwt or assertion_file or tls"),
+        "{errs:?}"
+    );
+    let errs = auth_profile(
+        "client_auth = \"client_secret_jwt\"\nclient_secret = \"s\"\njwt_alg = \"ES256\"",
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        errs.join("\n").contains("HS256, HS384 or HS512"),
+        "{errs:?}"
+    );
+    let errs = auth_profile(
+        "client_auth = \"client_secret_jwt\"\nclient_secret = \"s\"\njwt_alg = \"none\"",
+    )
+    .unwrap_err()
+    .0;
+    assert!(
+        errs.join("\n").contains("`none` is not a JWS algorithm"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn options_the_client_auth_does_not_use_are_warned_about() {
+    let loaded = auth_profile(
+        "client_auth = \"none\"\nclient_secret = \"s\"\njwt_key_id = \"k\"\nclient_assertion_file = \"/x\"",
+    )
+    .unwrap();
+    let options: Vec<String> = loaded
+        .warnings
+        .iter()
+        .filter(|w| w.client_auth == Some("none"))
+        .filter_map(|w| w.option.clone())
+        .collect();
+    assert_eq!(options.len(), 3, "{:?}", loaded.warnings);
+    let t = &loaded.tokens["t"];
+    assert_eq!(t.client_auth, ClientAuth::None);
+}
+
+#[test]
+fn audience_and_resource_take_a_string_or_a_list() {
+    let loaded = auth_profile(
+        "client_secret = \"s\"\naudience = \"https://api.example.com\"\nresource = [\"https://a.example.com/\", \"urn:example:b\"]",
+    )
+    .unwrap();
+    let t = &loaded.tokens["t"];
+    assert_eq!(t.audience, ["https://api.example.com"]);
+    assert_eq!(t.resource, ["https://a.example.com/", "urn:example:b"]);
+    let errs = auth_profile(
+        "client_secret = \"s\"\nresource = [\"https://a.example.com/#frag\", \"not a uri\"]",
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    let errs =
+        auth_profile("client_secret = \"s\"\naudience = \"a\"\nparams = { audience = \"b\" }")
+            .unwrap_err()
+            .0;
+    assert!(
+        errs.join("\n").contains("also given as a token param"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn token_exchange_needs_a_subject_token_and_takes_uri_token_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let subject = dir.path().join("subject");
+    std::fs::write(&subject, "eyJ.eyJ.sig").unwrap();
+    let errs = auth_profile("grant = \"token_exchange\"\nclient_auth = \"none\"")
+        .unwrap_err()
+        .0;
+    assert!(
+        errs.join("\n").contains("needs a subject token"),
+        "{errs:?}"
+    );
+    let loaded = auth_profile(&format!(
+        "grant = \"token_exchange\"\nclient_auth = \"none\"\nsubject_token_file = \"{}\"\nrequested_token_type = \"urn:ietf:params:oauth:token-type:access_token\"",
+        subject.display()
+    ))
+    .unwrap();
+    match &loaded.tokens["t"].grant {
+        Grant::TokenExchange {
+            subject_token_type,
+            actor_token_file,
+            requested_token_type,
+            ..
+        } => {
+            assert_eq!(subject_token_type, settings::token::JWT_TOKEN_TYPE);
+            assert!(actor_token_file.is_none());
+            assert_eq!(
+                requested_token_type.as_deref(),
+                Some("urn:ietf:params:oauth:token-type:access_token")
+            );
+        }
+        g => panic!("{g:?}"),
+    }
+    let errs = auth_profile(&format!(
+        "grant = \"token_exchange\"\nsubject_token_file = \"{}\"\nsubject_token_type = \"jwt\"",
+        subject.display()
+    ))
+    .unwrap_err()
+    .0;
+    assert!(
+        errs.join("\n").contains("is not a token type URI"),
+        "{errs:?}"
+    );
+}
+
+#[test]
+fn an_issuer_stands_in_for_the_token_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(
+        &path,
+        "[[route]]\nupstream = \"https://api.example.com\"\n[token.t]\nissuer = \"https://id.example.com/tenant\"\nclient_id = \"c1\"\nclient_secret = \"s\"\n",
+    )
+    .unwrap();
+    let flags = Flags {
+        config: Some(path.clone()),
+        ..Default::default()
+    };
+    let cfg = load(&flags, &no_env).unwrap();
+    assert_eq!(cfg.tokens["t"].token_url, None);
+    assert!(cfg
+        .summary()
+        .contains("token endpoint discovered from issuer https://id.example.com/tenant"));
+    std::fs::write(
+        &path,
+        "[[route]]\nupstream = \"https://api.example.com\"\n[token.t]\nissuer = \"https://id.example.com/?x=1\"\nclient_id = \"c1\"\nclient_secret = \"s\"\n",
+    )
+    .unwrap();
+    let errs = load(&flags, &no_env).unwrap_err().0;
+    assert!(errs.join("\n").contains("no query or fragment"), "{errs:?}");
+}

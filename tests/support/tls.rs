@@ -25,6 +25,20 @@ pub fn material() -> TlsMaterial {
 /// stopped being valid years ago: for upstreams whose certificate must be refused although
 /// its CA is trusted.
 pub fn material_for(names: &[&str], expired: bool) -> TlsMaterial {
+    material_inner(names, expired, None)
+}
+
+/// Like [`material`], for a server that asks for a client certificate and accepts only those
+/// signed by `client_ca` (mutual TLS).
+pub fn material_requiring_client_certs(client_ca: CertificateDer<'static>) -> TlsMaterial {
+    material_inner(&["127.0.0.1", "localhost"], false, Some(client_ca))
+}
+
+fn material_inner(
+    names: &[&str],
+    expired: bool,
+    client_ca: Option<CertificateDer<'static>>,
+) -> TlsMaterial {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params
@@ -50,10 +64,24 @@ pub fn material_for(names: &[&str], expired: bool) -> TlsMaterial {
     let leaf = leaf_params.signed_by(&leaf_key, &ca).unwrap();
 
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
+        .unwrap();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(ca).unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut cfg = builder
         .with_single_cert(
             vec![CertificateDer::from(leaf.der().to_vec())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der())),
