@@ -17,6 +17,8 @@ use crate::proxy::pool::ClientSettings;
 use crate::proxy::pool::{Pool, PoolLimits};
 use crate::proxy::replay::ReplayBudget;
 use crate::proxy::{Route, RouteSettings};
+use crate::ratelimit::shared::SharedLimits;
+use crate::ratelimit::RouteLimits;
 use crate::server::{self, ListenerSettings};
 use crate::token::file::TokenFile;
 use crate::token::refresher::Refresher;
@@ -89,6 +91,35 @@ impl Running {
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
+}
+
+/// A route's rate limits (none with `--rate-limit-mode off`), shared through Redis when
+/// replicas share a store; the follower of the other replicas' blocks runs in `tracker`.
+fn route_limits(
+    rc: &crate::config::RouteConfig,
+    metrics: &Metrics,
+    shared: Option<&crate::config::SharedConfig>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<RouteLimits>>, String> {
+    if rc.limits.mode == crate::config::RateLimitMode::Off {
+        return Ok(None);
+    }
+    let shared = shared
+        .map(|sc| SharedLimits::new(sc, &rc.token, &rc.name, metrics.clone()).map(Arc::new))
+        .transpose()?;
+    let limits = Arc::new(RouteLimits::new(
+        &rc.name,
+        rc.limits.clone(),
+        metrics.clone(),
+        shared.clone(),
+        tracker.clone(),
+        shutdown.clone(),
+    ));
+    if let Some(s) = shared {
+        tracker.spawn(s.follow(limits.clone(), shutdown.clone()));
+    }
+    Ok(Some(limits))
 }
 
 /// Starts every listener and background task of `config`.
@@ -181,6 +212,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             route: rc.name.clone(),
             source,
         })?;
+        let limits = route_limits(rc, &metrics, config.shared.as_ref(), &tracker, &shutdown)
+            .map_err(|message| StartError::Token {
+                token: rc.token.clone(),
+                message,
+            })?;
         let route = Arc::new(Route::new(
             RouteSettings {
                 name: rc.name.clone(),
@@ -199,6 +235,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                     origins: rc.allowed_origins.clone(),
                 },
                 tasks: tracker.clone(),
+                limits,
             },
             pool,
             RouteMetrics::new(&metrics, &rc.name),

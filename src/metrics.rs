@@ -52,6 +52,12 @@ pub struct Metrics {
     pub token_requests_deferred: IntCounterVec,
     /// `token_sidecar_client_assertion_expiry_timestamp_seconds{token}`.
     pub client_assertion_expiry: GaugeVec,
+    /// `token_sidecar_rate_limited_total{route,group,source}`.
+    pub rate_limited: IntCounterVec,
+    /// `token_sidecar_rate_limit_blocked_until_timestamp_seconds{route,group}`.
+    pub rate_limit_blocked_until: GaugeVec,
+    /// `token_sidecar_rate_limit_shared_up{route}`.
+    pub rate_limit_shared_up: IntGaugeVec,
 }
 
 impl Default for Metrics {
@@ -213,7 +219,33 @@ impl Metrics {
         registry
             .register(Box::new(client_assertion_expiry.clone()))
             .expect("metric registered once");
+        let rate_limited = counter(
+            &registry,
+            "token_sidecar_rate_limited_total",
+            "Rate limiting by group: 429/503 received from the upstream (source upstream), requests answered or held during a block (blocked), requests held or refused by a configured rate (paced).",
+            &["route", "group", "source"],
+        );
+        let rate_limit_blocked_until = GaugeVec::new(
+            Opts::new(
+                "token_sidecar_rate_limit_blocked_until_timestamp_seconds",
+                "When the latest block of a group ends (unix seconds; in the past once it has ended). Group `*` is the whole route.",
+            ),
+            &["route", "group"],
+        )
+        .expect("valid metric definition");
+        registry
+            .register(Box::new(rate_limit_blocked_until.clone()))
+            .expect("metric registered once");
+        let rate_limit_shared_up = int_gauge(
+            &registry,
+            "token_sidecar_rate_limit_shared_up",
+            "1 while the route's rate limits are shared through Redis, 0 while Redis is unreachable and each replica counts on its own.",
+            &["route"],
+        );
         Metrics {
+            rate_limited,
+            rate_limit_blocked_until,
+            rate_limit_shared_up,
             client_assertion_expiry,
             shared_rejected,
             connections_rejected,

@@ -103,6 +103,15 @@ pub struct Flags {
     /// `--upstream-tls-client-key-file`: [`route::UPSTREAM_TLS_CLIENT_KEY_FILE`].
     #[arg(long, env = route::UPSTREAM_TLS_CLIENT_KEY_FILE.env, value_name = route::UPSTREAM_TLS_CLIENT_KEY_FILE.value, help = route::UPSTREAM_TLS_CLIENT_KEY_FILE.help())]
     pub upstream_tls_client_key_file: Option<PathBuf>,
+    /// `--rate-limit-mode`: [`route::RATE_LIMIT_MODE`].
+    #[arg(long, env = route::RATE_LIMIT_MODE.env, value_name = route::RATE_LIMIT_MODE.value, help = route::RATE_LIMIT_MODE.help())]
+    pub rate_limit_mode: Option<String>,
+    /// `--rate-limit-max-wait`: [`route::RATE_LIMIT_MAX_WAIT`].
+    #[arg(long, env = route::RATE_LIMIT_MAX_WAIT.env, value_name = route::RATE_LIMIT_MAX_WAIT.value, help = route::RATE_LIMIT_MAX_WAIT.help())]
+    pub rate_limit_max_wait: Option<String>,
+    /// `--rate-limit-default-wait`: [`route::RATE_LIMIT_DEFAULT_WAIT`].
+    #[arg(long, env = route::RATE_LIMIT_DEFAULT_WAIT.env, value_name = route::RATE_LIMIT_DEFAULT_WAIT.value, help = route::RATE_LIMIT_DEFAULT_WAIT.help())]
+    pub rate_limit_default_wait: Option<String>,
     /// `--grant`: [`token::GRANT`].
     #[arg(long, env = token::GRANT.env, value_name = token::GRANT.value, help = token::GRANT.help())]
     pub grant: Option<String>,

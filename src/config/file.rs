@@ -59,6 +59,20 @@ pub struct RawRoute {
     pub max_connections: Option<u64>,
     pub allowed_hosts: Option<Vec<String>>,
     pub allowed_origins: Option<Vec<String>>,
+    pub rate_limit_mode: Option<String>,
+    pub rate_limit_max_wait: Option<String>,
+    pub rate_limit_default_wait: Option<String>,
+    #[serde(default)]
+    pub limit: Vec<RawLimit>,
+}
+
+/// One `[[route.limit]]`.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawLimit {
+    pub group: Option<String>,
+    #[serde(rename = "match")]
+    pub patterns: Option<OneOrMany>,
+    pub rate: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

@@ -119,7 +119,12 @@ pub struct RouteConfig {
     pub allowed_hosts: Vec<String>,
     /// Browser origins allowed besides the listener's own (lowercase `scheme://host[:port]`).
     pub allowed_origins: Vec<String>,
+    /// Rate limits: blocks learned from the upstream, groups, rates.
+    pub limits: LimitSettings,
 }
+
+pub use crate::ratelimit::limits::{LimitSettings, Mode as RateLimitMode};
+pub use crate::ratelimit::rules::{LimitRule, Pattern};
 
 /// How the client authenticates to the token endpoint (RFC 6749 2.3.1, RFC 7523, RFC 8705).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

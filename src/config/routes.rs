@@ -13,7 +13,10 @@ use super::file::RawRoute;
 use super::settings::route::*;
 use super::settings::Setting;
 use super::{is_loopback_host, Flags, RouteConfig, Warning};
+use super::{LimitRule, LimitSettings, Pattern, RateLimitMode};
 use crate::proxy::upstream::Upstream;
+use crate::ratelimit::limits::normalize_group;
+use crate::ratelimit::Rate;
 
 /// The route flags given, in the order they are reported when they cannot apply.
 pub(super) fn flags_given(flags: &Flags) -> Vec<&'static str> {
@@ -53,6 +56,15 @@ pub(super) fn flags_given(flags: &Flags) -> Vec<&'static str> {
         (
             MAX_REQUEST_HEADER_BYTES.flag,
             flags.max_request_header_bytes.is_some(),
+        ),
+        (RATE_LIMIT_MODE.flag, flags.rate_limit_mode.is_some()),
+        (
+            RATE_LIMIT_MAX_WAIT.flag,
+            flags.rate_limit_max_wait.is_some(),
+        ),
+        (
+            RATE_LIMIT_DEFAULT_WAIT.flag,
+            flags.rate_limit_default_wait.is_some(),
         ),
     ]
     .into_iter()
@@ -175,6 +187,7 @@ fn route(src: &Sources, profiles: &[&str], c: &mut Checker) -> Option<RouteConfi
     let limits = limits(src, c);
     let allowed_hosts = allowed_hosts(src, c);
     let allowed_origins = allowed_origins(src, c);
+    let rate_limits = rate_limits(src, c);
     let (listen, upstream) = (listen?, upstream?);
     if upstream_client_cert.is_some() && !upstream.is_https() {
         c.err(format!(
@@ -205,7 +218,105 @@ fn route(src: &Sources, profiles: &[&str], c: &mut Checker) -> Option<RouteConfi
         max_connections: limits.max_connections as usize,
         allowed_hosts,
         allowed_origins,
+        limits: rate_limits,
     })
+}
+
+/// The route's rate limits: its mode, waits and `[[route.limit]]` rules.
+fn rate_limits(src: &Sources, c: &mut Checker) -> LimitSettings {
+    let (f, r, table) = (src.f, src.r, src.table.as_str());
+    let mode = c.choice(
+        pick(
+            &f.rate_limit_mode,
+            &r.rate_limit_mode,
+            &RATE_LIMIT_MODE,
+            table,
+        ),
+        RATE_LIMIT_MODE.default,
+        &RateLimitMode::ALL,
+        RateLimitMode::name,
+    );
+    let max_wait = src.duration(
+        &f.rate_limit_max_wait,
+        &r.rate_limit_max_wait,
+        &RATE_LIMIT_MAX_WAIT,
+        c,
+    );
+    let default_wait = src.duration(
+        &f.rate_limit_default_wait,
+        &r.rate_limit_default_wait,
+        &RATE_LIMIT_DEFAULT_WAIT,
+        c,
+    );
+    c.more_than_zero(default_wait, either(&RATE_LIMIT_DEFAULT_WAIT, table));
+    let mut rules = Vec::new();
+    let mut groups = std::collections::BTreeMap::new();
+    for (i, raw) in r.limit.iter().enumerate() {
+        let key = format!("{}.limit[{i}]", table);
+        let group = match raw.group.as_deref().map(normalize_group) {
+            Some(Some(g)) => g,
+            Some(None) => {
+                c.err(format!(
+                    "`{key}.group`: a group is 1 to 64 visible characters, not `*`"
+                ));
+                continue;
+            }
+            None => {
+                c.err(format!(
+                    "`{key}.group`: required: the group's name, as the upstream names it"
+                ));
+                continue;
+            }
+        };
+        let patterns: Vec<String> = raw
+            .patterns
+            .as_ref()
+            .map(|p| p.to_vec())
+            .unwrap_or_default();
+        if patterns.is_empty() {
+            c.err(format!(
+                "`{key}.match`: required: the requests of the group, e.g. [\"GET /v1/items/*\"]"
+            ));
+        }
+        let patterns: Vec<Pattern> = patterns
+            .iter()
+            .filter_map(|p| match Pattern::parse(p) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    c.err(format!("`{key}.match`: `{p}`: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let rate = raw.rate.as_ref().and_then(|s| match s.parse::<Rate>() {
+            Ok(rate) => Some(rate),
+            Err(e) => {
+                c.err(format!("`{key}.rate`: `{s}`: {e}"));
+                None
+            }
+        });
+        // One rate per group: two rules of a group share its count.
+        if let Some(rate) = rate {
+            if let Some(prev) = groups.insert(group.clone(), rate) {
+                if prev != rate {
+                    c.err(format!(
+                        "`{key}.rate`: group `{group}` already has the rate {prev} in this route"
+                    ));
+                }
+            }
+        }
+        rules.push(LimitRule {
+            group,
+            patterns,
+            rate,
+        });
+    }
+    LimitSettings {
+        mode,
+        max_wait,
+        default_wait,
+        rules,
+    }
 }
 
 /// The upstream base URL (required); plain http to a remote host is a warning.

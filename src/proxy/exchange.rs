@@ -21,6 +21,9 @@ impl Route {
             Ok(r) => r,
             Err(r) => return r,
         };
+        if let Some(limits) = &self.limits {
+            limits.observe(fwd.shape, resp.status(), resp.headers());
+        }
 
         if resp.status() == StatusCode::UNAUTHORIZED && self.refresh_on_401 {
             let version = fwd.version;

@@ -16,6 +16,7 @@
 mod deadline;
 mod exchange;
 pub mod growth;
+mod limited;
 pub mod origin;
 pub mod pool;
 mod prepare;
@@ -38,6 +39,9 @@ use hyper::body::Incoming;
 use crate::body::Body;
 use crate::error::{error_response, ErrorKind};
 use crate::metrics::RouteMetrics;
+use crate::ratelimit::limits::{Later, Pass};
+use crate::ratelimit::rules::Shape;
+use crate::ratelimit::RouteLimits;
 use crate::token::{Profile, TokenStore};
 use pool::Pool;
 use replay::{Held, Replay, ReplayBudget};
@@ -72,12 +76,16 @@ pub struct RouteSettings {
     /// Where the route's background work runs (a refresh after a 401 that cannot be replayed,
     /// WebSocket tunnels), awaited at shutdown.
     pub tasks: tokio_util::task::TaskTracker,
+    /// The route's rate limits (`None`: off).
+    pub limits: Option<Arc<RouteLimits>>,
 }
 
 /// What [`Route::prepare`] decided.
 enum Step {
     /// The sidecar answers itself (a refused request, no token).
     Answer(Response<Body>),
+    /// The request waits for a rate limit (a block to end, room in a rate) first.
+    Later(Box<(Request<Incoming>, Later)>),
     /// Ready to go upstream.
     Forward(Forward),
     /// A body that may be replayed after a 401 must be read first; the token header (the
@@ -94,6 +102,8 @@ struct Forward {
     on_upgrade: Option<hyper::upgrade::OnUpgrade>,
     /// The head and body to send again after a 401 (and the replay budget the body holds).
     replay: Option<Box<Replay>>,
+    /// The request's path shape, to learn its group from the answer.
+    shape: Shape,
 }
 
 /// One route: a listener's fixed upstream, token and client.
@@ -113,6 +123,7 @@ pub struct Route {
     replay_budget: Arc<ReplayBudget>,
     allowed: origin::Allowed,
     tasks: tokio_util::task::TaskTracker,
+    limits: Option<Arc<RouteLimits>>,
 }
 
 impl std::fmt::Debug for Route {
@@ -147,7 +158,13 @@ impl Route {
             replay_budget: settings.replay_budget,
             allowed: settings.allowed,
             tasks: settings.tasks,
+            limits: settings.limits,
         }
+    }
+
+    /// The route's rate limits (`None`: off).
+    pub fn limits(&self) -> Option<&Arc<RouteLimits>> {
+        self.limits.as_ref()
     }
 
     /// The route's name.
@@ -177,8 +194,10 @@ impl Route {
             .then(|| Box::new((req.method().clone(), req.uri().path().to_owned())));
         // A bug must not drop the connection without an answer: a panic becomes a 500 with the
         // sidecar's JSON body (`catch_unwind` costs nothing until something panics).
-        let step = std::panic::catch_unwind(AssertUnwindSafe(|| route.prepare(req, start, local)))
-            .unwrap_or_else(|_| Step::Answer(route.internal_error()));
+        let step = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            route.prepare(req, start, local, Pass::default())
+        }))
+        .unwrap_or_else(|_| Step::Answer(route.internal_error()));
         async move {
             let exchange = async {
                 match step {
@@ -187,6 +206,7 @@ impl Route {
                     Step::BufferFirst(fwd, body) => {
                         Box::pin(route.clone().buffer_then_exchange(fwd, body)).await
                     }
+                    Step::Later(later) => Box::pin(route.clone().later(*later, local)).await,
                 }
             };
             let resp = AssertUnwindSafe(exchange)

@@ -1,6 +1,6 @@
 //! Everything before the upstream is involved, in order: the header block's size, the target,
-//! who asks (host and browser), the token, the protocol switch, the headers, a body kept for a
-//! replay. Synchronous: the future a request leaves behind holds only what goes upstream.
+//! who asks (host and browser), the protocol switch, the rate limits, the token, the headers, a
+//! body kept for a replay. Synchronous: the future a request leaves behind holds only what goes upstream.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -14,10 +14,19 @@ use super::rewrite::{self, check_target, header_list_size, prepare_request_heade
 use super::{clone_head, origin, Forward, Route, Step};
 use crate::body::Body;
 use crate::error::{token_unavailable, ErrorKind};
+use crate::ratelimit::limits::Pass;
+use crate::ratelimit::rules::Shape;
+use crate::ratelimit::Admit;
 
 impl Route {
     /// Everything before the upstream is involved: limits, target, who asks, token, headers.
-    pub(super) fn prepare(&self, mut req: Request<Incoming>, now: Instant, local: IpAddr) -> Step {
+    pub(super) fn prepare(
+        &self,
+        mut req: Request<Incoming>,
+        now: Instant,
+        local: IpAddr,
+        pass: Pass,
+    ) -> Step {
         if header_list_size(req.headers()) > self.max_request_header_bytes {
             return Step::Answer(self.reject(
                 ErrorKind::HeaderTooLarge,
@@ -56,6 +65,18 @@ impl Route {
             Ok(u) => u == rewrite::Upgrade::WebSocket,
             Err(e) => return Step::Answer(self.reject(ErrorKind::BadRequest, &e.to_string())),
         };
+        // Rate limits before the token: a request that waits takes the token current when it
+        // goes.
+        let shape = match &self.limits {
+            None => Shape::default(),
+            Some(limits) => match limits.admit(req.method(), req.uri().path(), now, pass) {
+                Admit::Go(shape) => shape,
+                Admit::Refuse { group, retry_after } => {
+                    return Step::Answer(self.rate_limited(&group, retry_after))
+                }
+                Admit::Later(later) => return Step::Later(Box::new((req, *later))),
+            },
+        };
         let (token_header, version) = match self.store.load().as_ref() {
             Some(t) if t.is_valid_at(now) => (t.header(self.header_index).clone(), t.version()),
             _ => {
@@ -93,6 +114,7 @@ impl Route {
                 upgrade,
                 on_upgrade,
                 replay: None,
+                shape,
             };
             return Step::BufferFirst(Box::new((fwd, token_header, held)), body);
         } else {
@@ -110,6 +132,7 @@ impl Route {
             upgrade,
             on_upgrade,
             replay,
+            shape,
         })
     }
 }

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::{ClientAuth, LogFormat};
+use crate::ratelimit::limits::Mode;
 use crate::ratelimit::Rate;
 
 pub mod route;
@@ -94,6 +95,12 @@ impl Shown for Rate {
 }
 
 impl Shown for LogFormat {
+    fn shown(&self) -> Option<String> {
+        Some(self.name().to_owned())
+    }
+}
+
+impl Shown for Mode {
     fn shown(&self) -> Option<String> {
         Some(self.name().to_owned())
     }

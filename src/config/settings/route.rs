@@ -166,6 +166,34 @@ pub const ALLOWED_ORIGIN: Setting<NoDefault> = Setting {
     help: "A browser origin allowed to use the route, e.g. http://localhost:3000 (repeatable)",
 };
 
+/// `--rate-limit-mode` / `route[N].rate_limit_mode`.
+pub const RATE_LIMIT_MODE: Setting<Mode> = Setting {
+    flag: "rate-limit-mode",
+    env: "TOKEN_SIDECAR_RATE_LIMIT_MODE",
+    key: "rate_limit_mode",
+    value: "reject|hold|off",
+    default: Mode::Reject,
+    help: "Requests of a group the upstream blocked (429, or 503 with Retry-After): reject answers 429 without going upstream, hold waits for the block to end within --rate-limit-max-wait, off forwards everything",
+};
+/// `--rate-limit-max-wait` / `route[N].rate_limit_max_wait`.
+pub const RATE_LIMIT_MAX_WAIT: Setting<Duration> = Setting {
+    flag: "rate-limit-max-wait",
+    env: "TOKEN_SIDECAR_RATE_LIMIT_MAX_WAIT",
+    key: "rate_limit_max_wait",
+    value: "DURATION",
+    default: Duration::from_secs(10),
+    help: "The longest a request waits for a block to end (hold) or for room in its group's rate",
+};
+/// `--rate-limit-default-wait` / `route[N].rate_limit_default_wait`.
+pub const RATE_LIMIT_DEFAULT_WAIT: Setting<Duration> = Setting {
+    flag: "rate-limit-default-wait",
+    env: "TOKEN_SIDECAR_RATE_LIMIT_DEFAULT_WAIT",
+    key: "rate_limit_default_wait",
+    value: "DURATION",
+    default: Duration::from_secs(60),
+    help: "How long a 429 without Retry-After blocks its group",
+};
+
 /// Every setting of this table.
 pub const ALL: &[&dyn AnySetting] = &[
     &LISTEN,
@@ -173,6 +201,9 @@ pub const ALL: &[&dyn AnySetting] = &[
     &UPSTREAM_CA_FILE,
     &UPSTREAM_TLS_CLIENT_CERT_FILE,
     &UPSTREAM_TLS_CLIENT_KEY_FILE,
+    &RATE_LIMIT_MODE,
+    &RATE_LIMIT_MAX_WAIT,
+    &RATE_LIMIT_DEFAULT_WAIT,
     &REFRESH_ON_401,
     &RETRY_BODY_LIMIT,
     &HEADER,

@@ -13,36 +13,7 @@ use super::OAuthError;
 use crate::secret::Secret;
 use crate::token::set::{TokenSet, MAX_TOKEN_BYTES};
 
-/// Parses `Retry-After`: delay-seconds or an HTTP date.
-pub fn parse_retry_after(v: &str) -> Option<Duration> {
-    // A server cannot make the sidecar wait longer than a day, however it writes it.
-    const MAX: Duration = Duration::from_secs(24 * 3600);
-    let v = v.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs).min(MAX));
-    }
-    httpdate_parse(v).map(|t| {
-        t.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO)
-            .min(MAX)
-    })
-}
-
-fn httpdate_parse(v: &str) -> Option<SystemTime> {
-    humantime::parse_rfc3339_weak(v).ok().or_else(|| {
-        // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
-        let parts: Vec<&str> = v.split_whitespace().collect();
-        if parts.len() != 6 || parts[5] != "GMT" {
-            return None;
-        }
-        let months = [
-            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-        ];
-        let month = months.iter().position(|m| *m == parts[2])? + 1;
-        let s = format!("{}-{:02}-{:0>2}T{}Z", parts[3], month, parts[1], parts[4]);
-        humantime::parse_rfc3339(&s).ok()
-    })
-}
+pub use crate::ratelimit::parse_retry_after;
 
 /// Parses a 200 token response strictly (RFC 6749 5.1).
 pub fn parse_success(

@@ -38,7 +38,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ratelimit::Rate;
+use crate::ratelimit::rate::Rate;
 use crate::token::state::State;
 use crate::token::MAX_VERSION;
 use seal::SealKeys;

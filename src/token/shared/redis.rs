@@ -21,7 +21,7 @@ use super::{
     SharedSet, Updates, MAX_ENTRY_BYTES,
 };
 use crate::metrics::Metrics;
-use crate::ratelimit::Rate;
+use crate::ratelimit::rate::Rate;
 use crate::token::state::State;
 
 /// The longest wait another replica can impose through `…:hold`.

@@ -70,29 +70,5 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[
 return 0
 ";
 
-/// The sliding-window log of a rate, by Redis's clock (one clock for every replica). KEYS[1]
-/// the sorted set; ARGV[1] the window (ms), ARGV[2] the count allowed, ARGV[3] a unique
-/// member. Returns 0 when the event was counted, else the milliseconds until it would be.
-/// Entries dated in the future (a clock gone back, or written by someone else) are dropped.
-pub(super) const BUDGET_SCRIPT: &str = r"
-if redis.replicate_commands then pcall(redis.replicate_commands) end
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t ~= 'none' and t ~= 'zset' then redis.call('DEL', KEYS[1]) end
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local window = tonumber(ARGV[1])
-local max = tonumber(ARGV[2])
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. ms, '+inf')
-local n = redis.call('ZCARD', KEYS[1])
-if n < max then
-  redis.call('ZADD', KEYS[1], ms, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], window)
-  return 0
-end
-if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
-local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-local wait = tonumber(oldest[2]) + window - ms
-if wait < 1 then wait = 1 end
-return wait
-";
+/// The token request budget: the rate limits' sliding window in Redis, one script for both.
+pub(super) use crate::ratelimit::rate::SHARED_WINDOW_SCRIPT as BUDGET_SCRIPT;

@@ -6,7 +6,7 @@
 //! and a penalty. The log keeps the time of the last N events, so memory is bounded by N.
 //!
 //! [`SlidingWindow`] is the local count; the shared count across replicas is the same rule
-//! kept in Redis, by the shared store.
+//! kept in Redis ([`SHARED_WINDOW_SCRIPT`]).
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -120,6 +120,34 @@ impl SlidingWindow {
             .map_or(Duration::ZERO, |first| (*first + self.rate.window) - now)
     }
 }
+
+/// The sliding-window log of a rate in Redis, by Redis's clock (one clock for every replica).
+/// KEYS[1] the sorted set; ARGV[1] the window (ms), ARGV[2] the count allowed, ARGV[3] a unique
+/// member. Returns 0 when the event was counted, else the milliseconds until it would be.
+/// Entries dated in the future (a clock gone back, or written by someone else) are dropped;
+/// the key expires with its window, so memory is bounded by the rate's count.
+pub const SHARED_WINDOW_SCRIPT: &str = r"
+if redis.replicate_commands then pcall(redis.replicate_commands) end
+local t = redis.call('TYPE', KEYS[1])['ok']
+if t ~= 'none' and t ~= 'zset' then redis.call('DEL', KEYS[1]) end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local window = tonumber(ARGV[1])
+local max = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ms - window)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '(' .. ms, '+inf')
+local n = redis.call('ZCARD', KEYS[1])
+if n < max then
+  redis.call('ZADD', KEYS[1], ms, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], window)
+  return 0
+end
+if n > max then redis.call('ZREMRANGEBYRANK', KEYS[1], 0, n - max - 1) end
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local wait = tonumber(oldest[2]) + window - ms
+if wait < 1 then wait = 1 end
+return wait
+";
 
 #[cfg(test)]
 mod tests {
