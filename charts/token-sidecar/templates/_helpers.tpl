@@ -55,8 +55,41 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
 {{- end }}
 
+{{/*
+The Secret's name: existingSecret, or "" when nothing reads a key of it (every profile and route
+does without, e.g. workload identity with a literal client id). Required as soon as a key is read.
+*/}}
 {{- define "token-sidecar.secretName" -}}
-{{- required "existingSecret is required: the name of a Secret holding the credentials (keys client-id, client-secret, jwt, ...); the chart never creates one. See the chart's README." .Values.existingSecret }}
+{{- if .Values.existingSecret }}
+{{- .Values.existingSecret }}
+{{- else if include "token-sidecar.usesSecret" . }}
+{{- fail "existingSecret is required: the name of a Secret holding the credentials (keys client-id, client-secret, jwt, ...); the chart never creates one. See the chart's README." }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when a profile, a route or [shared] reads a key of existingSecret, else "". */}}
+{{- define "token-sidecar.usesSecret" -}}
+{{- $v := .Values }}
+{{- $uses := false }}
+{{- range $name := keys ($v.tokens | default dict) }}
+{{- if include "token-sidecar.profileSecretKeys" (dict "name" $name "token" (index $v.tokens $name)) | fromJson }}
+{{- $uses = true }}
+{{- end }}
+{{- end }}
+{{- range $r := $v.routes | default list }}
+{{- with $r.secretKeys }}
+{{- if or .tlsClientCert .tlsClientKey }}
+{{- $uses = true }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $v.redis.existingSecretKey }}
+{{- $uses = true }}
+{{- end }}
+{{- if and (or $v.redis.url $v.redis.existingSecretKey) $v.redis.sharedKeySecretKey }}
+{{- $uses = true }}
+{{- end }}
+{{- if $uses }}true{{ end }}
 {{- end }}
 
 {{/* Where the Secret, the config and the state live in the sidecar container. */}}
@@ -64,23 +97,63 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "token-sidecar.configDir" -}}/etc/token-sidecar{{- end }}
 {{- define "token-sidecar.stateDir" -}}/var/lib/token-sidecar{{- end }}
 
+{{/*
+The directory the workload identity token is mounted at (the directory of workloadIdentity.path),
+checked against the chart's other mounts.
+*/}}
+{{- define "token-sidecar.workloadIdentityDir" -}}
+{{- $dir := dir .Values.workloadIdentity.path }}
+{{- range $other := list (include "token-sidecar.secretDir" $) (include "token-sidecar.configDir" $) (include "token-sidecar.stateDir" $) }}
+{{- if or (hasPrefix (printf "%s/" $other) (printf "%s/" $dir)) (hasPrefix (printf "%s/" $dir) (printf "%s/" $other)) }}
+{{- fail (printf "workloadIdentity.path: its directory %s overlaps the chart's mount %s; choose another directory" $dir $other) }}
+{{- end }}
+{{- end }}
+{{- if eq $dir "/" }}
+{{- fail "workloadIdentity.path: the token file needs a directory of its own (e.g. /var/run/secrets/workload-identity/token)" }}
+{{- end }}
+{{- $dir }}
+{{- end }}
+
 {{- define "token-sidecar.oauthGrants" -}}
-{{- list "client_credentials" "jwt_bearer" "refresh_token" "password" | toJson }}
+{{- list "client_credentials" "jwt_bearer" "refresh_token" "password" "token_exchange" | toJson }}
+{{- end }}
+
+{{- define "token-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "token-sidecar.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- .Values.serviceAccount.name }}
+{{- end }}
 {{- end }}
 
 {{/*
-The Secret keys a token profile reads, as JSON: the grant's defaults, then the profile's
-`secretKeys` (where "" switches a key off). Input: (dict "name" NAME "token" PROFILE).
+The Secret keys a token profile reads, as JSON: the grant's and the client authentication's
+defaults, then the profile's `secretKeys` (where "" switches a key off).
+Input: (dict "name" NAME "token" PROFILE).
 */}}
 {{- define "token-sidecar.profileSecretKeys" -}}
 {{- $t := .token }}
 {{- $grant := $t.grant | default "" }}
+{{- $wi := $t.workloadIdentity | default "" }}
+{{- $auth := $t.client_auth | default "" }}
+{{- if eq $wi "assertion" }}
+{{- $auth = "assertion_file" }}
+{{- end }}
 {{- $keys := dict }}
 {{- if has $grant (include "token-sidecar.oauthGrants" . | fromJsonArray) }}
 {{- if not (hasKey $t "client_id") }}
 {{- $_ := set $keys "clientId" "client-id" }}
 {{- end }}
+{{- if has $auth (list "" "basic" "body" "client_secret_jwt") }}
 {{- $_ := set $keys "clientSecret" "client-secret" }}
+{{- else if eq $auth "private_key_jwt" }}
+{{- $_ := set $keys "jwtSigningKey" "jwt-signing-key" }}
+{{- else if eq $auth "tls" }}
+{{- $_ := set $keys "tlsClientCert" "tls.crt" }}
+{{- $_ := set $keys "tlsClientKey" "tls.key" }}
+{{- else if and (eq $auth "assertion_file") (ne $wi "assertion") }}
+{{- $_ := set $keys "clientAssertion" "client-assertion" }}
+{{- end }}
 {{- end }}
 {{- if eq $grant "jwt_bearer" }}
 {{- $_ := set $keys "assertion" "jwt" }}
@@ -88,6 +161,8 @@ The Secret keys a token profile reads, as JSON: the grant's defaults, then the p
 {{- $_ := set $keys "refreshToken" "refresh-token" }}
 {{- else if eq $grant "password" }}
 {{- $_ := set $keys "password" "password" }}
+{{- else if and (eq $grant "token_exchange") (ne $wi "subject") }}
+{{- $_ := set $keys "subjectToken" "subject-token" }}
 {{- else if and (eq $grant "file") (not (hasKey $t "token_file")) }}
 {{- $_ := set $keys "token" "token" }}
 {{- else if eq $grant "static" }}
@@ -142,10 +217,57 @@ e.g. RC_CLIENT_ID. Input: (dict "name" PROFILE "what" "CLIENT_ID").
 {{- if and $v.redis.url $v.redis.existingSecretKey }}
 {{- fail "redis: set either url (no credentials) or existingSecretKey (the URL from existingSecret), not both" }}
 {{- end }}
+{{- /* Keys and certificates are files of the Secret, never values (the error does not quote them). */}}
+{{- range $i, $r := $v.routes }}
+{{- if contains "-----BEGIN" (toJson $r) }}
+{{- fail (printf "routes[%d]: a PEM block (a private key or a certificate) was given in values; put it in existingSecret and name its key in the route's secretKeys (tlsClientCert, tlsClientKey)" $i) }}
+{{- end }}
+{{- with $r.secretKeys }}
+{{- if not (eq (empty .tlsClientCert) (empty .tlsClientKey)) }}
+{{- fail (printf "routes[%d].secretKeys: tlsClientCert and tlsClientKey go together (the upstream's client certificate and its key)" $i) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range $name := keys $v.tokens | sortAlpha }}
+{{- $t := index $v.tokens $name }}
+{{- if contains "-----BEGIN" (toJson $t) }}
+{{- fail (printf "tokens.%s: a PEM block (a private key or a certificate) was given in values; put it in existingSecret and name its key in secretKeys (jwtSigningKey, tlsClientCert, tlsClientKey, tokenCa)" $name) }}
+{{- end }}
+{{- with $t.workloadIdentity }}
+{{- if not $v.workloadIdentity.enabled }}
+{{- fail (printf "tokens.%s.workloadIdentity: set workloadIdentity.enabled (and its audience) to mount the service-account token" $name) }}
+{{- end }}
+{{- if and (eq . "assertion") $t.client_auth (ne $t.client_auth "assertion_file") }}
+{{- fail (printf "tokens.%s: workloadIdentity: assertion is client_auth assertion_file, not %s" $name $t.client_auth) }}
+{{- end }}
+{{- if and (eq . "subject") (ne $t.grant "token_exchange") }}
+{{- fail (printf "tokens.%s: workloadIdentity: subject is the subject token of grant token_exchange, not of %s" $name $t.grant) }}
+{{- end }}
+{{- end }}
+{{- $sk := $t.secretKeys | default dict }}
+{{- if and (eq ($t.workloadIdentity | default "") "assertion") $sk.clientAssertion }}
+{{- fail (printf "tokens.%s: the client assertion is the workload identity token; drop secretKeys.clientAssertion" $name) }}
+{{- end }}
+{{- if and (eq ($t.workloadIdentity | default "") "subject") $sk.subjectToken }}
+{{- fail (printf "tokens.%s: the subject token is the workload identity token; drop secretKeys.subjectToken" $name) }}
+{{- end }}
+{{- end }}
+{{- if and $v.workloadIdentity.enabled (not $v.workloadIdentity.audience) }}
+{{- fail "workloadIdentity.audience is required: the audience the identity provider trusts (Azure: api://AzureADTokenExchange)" }}
+{{- end }}
 {{- $secretDir := include "token-sidecar.secretDir" . -}}
+{{- $secretName := include "token-sidecar.secretName" . -}}
 # token-sidecar configuration, rendered by the token-sidecar chart from its values.
-# No secret is written here: secrets are files of the Secret {{ include "token-sidecar.secretName" . }}
+{{- if $secretName }}
+# No secret is written here: secrets are files of the Secret {{ $secretName }}
 # mounted at {{ $secretDir }}/, or ${VARIABLES} set from it.
+{{- else }}
+# No secret is written here, and none is used: no profile reads a key of a Secret.
+{{- end }}
+{{- if $v.workloadIdentity.enabled }}
+# The workload identity token (audience {{ $v.workloadIdentity.audience }}) is the
+# projected service-account token {{ $v.workloadIdentity.path }}.
+{{- end }}
 {{- range $k := keys $v.config | sortAlpha }}
 {{ $k }} = {{ include "token-sidecar.tomlValue" (index $v.config $k) }}
 {{- end }}
@@ -159,8 +281,16 @@ listen = "0.0.0.0:{{ $v.admin.port }}"
 name = {{ include "token-sidecar.tomlValue" $r.name }}
 {{- end }}
 {{- range $k := keys $r | sortAlpha }}
-{{- if ne $k "name" }}
+{{- if not (has $k (list "name" "secretKeys")) }}
 {{ $k }} = {{ include "token-sidecar.tomlValue" (index $r $k) }}
+{{- end }}
+{{- end }}
+{{- with $r.secretKeys }}
+{{- with .tlsClientCert }}
+upstream_tls_client_cert_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with .tlsClientKey }}
+upstream_tls_client_key_file = {{ printf "%s/%s" $secretDir . | toJson }}
 {{- end }}
 {{- end }}
 {{- end }}
@@ -171,7 +301,7 @@ name = {{ include "token-sidecar.tomlValue" $r.name }}
 [token.{{ $name }}]
 grant = {{ include "token-sidecar.tomlValue" $t.grant }}
 {{- range $k := keys $t | sortAlpha }}
-{{- if not (has $k (list "grant" "params" "secretKeys" "state_file")) }}
+{{- if not (has $k (list "grant" "params" "secretKeys" "state_file" "workloadIdentity")) }}
 {{ $k }} = {{ include "token-sidecar.tomlValue" (index $t $k) }}
 {{- end }}
 {{- end }}
@@ -183,6 +313,38 @@ client_id = "${ {{- include "token-sidecar.envName" (dict "name" $name "what" "C
 {{- end }}
 {{- with $secretKeys.clientSecret }}
 client_secret_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- if eq ($t.workloadIdentity | default "") "assertion" }}
+{{- if not $t.client_auth }}
+client_auth = "assertion_file"
+{{- end }}
+# The workload identity token, read before every token request.
+client_assertion_file = {{ toJson $v.workloadIdentity.path }}
+{{- end }}
+{{- with $secretKeys.clientAssertion }}
+client_assertion_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.jwtSigningKey }}
+jwt_signing_key_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.tlsClientCert }}
+tls_client_cert_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.tlsClientKey }}
+tls_client_key_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.tokenCa }}
+token_ca_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- if eq ($t.workloadIdentity | default "") "subject" }}
+# The workload identity token, read before every token request.
+subject_token_file = {{ toJson $v.workloadIdentity.path }}
+{{- end }}
+{{- with $secretKeys.subjectToken }}
+subject_token_file = {{ printf "%s/%s" $secretDir . | toJson }}
+{{- end }}
+{{- with $secretKeys.actorToken }}
+actor_token_file = {{ printf "%s/%s" $secretDir . | toJson }}
 {{- end }}
 {{- with $secretKeys.assertion }}
 assertion_file = {{ printf "%s/%s" $secretDir . | toJson }}
@@ -252,6 +414,7 @@ startupProbe (a token is held), and stopped after them.
 {{- define "token-sidecar.container" -}}
 {{- $v := .Values }}
 {{- $secret := include "token-sidecar.secretName" . -}}
+{{- $wi := $v.workloadIdentity -}}
 - name: token-sidecar
   image: {{ include "token-sidecar.image" . | quote }}
   imagePullPolicy: {{ $v.image.pullPolicy }}
@@ -309,9 +472,17 @@ startupProbe (a token is held), and stopped after them.
     - name: token-sidecar-config
       mountPath: {{ include "token-sidecar.configDir" . }}
       readOnly: true
+    {{- if $secret }}
     - name: token-sidecar-credentials
       mountPath: {{ include "token-sidecar.secretDir" . }}
       readOnly: true
+    {{- end }}
+    {{- if $wi.enabled }}
+    # The workload identity token: in this container only, not in the app's.
+    - name: token-sidecar-workload-identity
+      mountPath: {{ include "token-sidecar.workloadIdentityDir" . }}
+      readOnly: true
+    {{- end }}
     - name: token-sidecar-state
       mountPath: {{ include "token-sidecar.stateDir" . }}
 {{- end }}
@@ -321,10 +492,26 @@ startupProbe (a token is held), and stopped after them.
 - name: token-sidecar-config
   configMap:
     name: {{ include "token-sidecar.fullname" . }}
+{{- with include "token-sidecar.secretName" . }}
 - name: token-sidecar-credentials
   secret:
-    secretName: {{ include "token-sidecar.secretName" . }}
-    defaultMode: {{ .Values.secretFileMode }}
+    secretName: {{ . }}
+    defaultMode: {{ $.Values.secretFileMode }}
+{{- end }}
+{{- with .Values.workloadIdentity }}
+{{- if .enabled }}
+# A service-account token for {{ .audience }} only (not for the Kubernetes API), renewed
+# by the kubelet; mounted into the sidecar container only. The kubelet sets its mode: 0640 and
+# group fsGroup when the pod has one, else owned by the containers' common runAsUser (0600).
+- name: token-sidecar-workload-identity
+  projected:
+    sources:
+      - serviceAccountToken:
+          audience: {{ .audience | quote }}
+          expirationSeconds: {{ .expirationSeconds }}
+          path: {{ base .path }}
+{{- end }}
+{{- end }}
 # The state files (token set, rotated refresh token): in memory, never on the node's disk,
 # kept across restarts of the sidecar container.
 - name: token-sidecar-state
