@@ -1,4 +1,5 @@
-//! The admin listener: health, readiness, token metadata, metrics and manual refresh.
+//! The admin listener: health, readiness, token metadata, rate limits, metrics and manual
+//! refresh.
 //! Nothing here forwards traffic or reveals a token.
 
 use std::collections::BTreeMap;
@@ -39,6 +40,7 @@ pub async fn handle(
         (&Method::GET | &Method::HEAD, "/readyz") => readyz(shared),
         (&Method::GET | &Method::HEAD, "/token-info") => json_response(StatusCode::OK, &token_info(shared)),
         (&Method::GET | &Method::HEAD, "/metrics") => metrics(shared),
+        (&Method::GET | &Method::HEAD, "/rate-limits") => json_response(StatusCode::OK, &rate_limits(shared)),
         (&Method::POST, "/refresh") => {
             if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
                 return error_response(ErrorKind::Forbidden, "Refresh is accepted only from a loopback peer.");
@@ -50,10 +52,10 @@ pub async fn handle(
             });
             refresh(shared, name).await
         }
-        (_, "/healthz" | "/readyz" | "/token-info" | "/metrics" | "/refresh") => {
+        (_, "/healthz" | "/readyz" | "/token-info" | "/metrics" | "/rate-limits" | "/refresh") => {
             error_response(ErrorKind::MethodNotAllowed, "This method is not allowed on this endpoint.")
         }
-        _ => error_response(ErrorKind::NotFound, "No such admin endpoint; try /healthz, /readyz, /token-info, /metrics or POST /refresh."),
+        _ => error_response(ErrorKind::NotFound, "No such admin endpoint; try /healthz, /readyz, /token-info, /rate-limits, /metrics or POST /refresh."),
     }
 }
 
@@ -90,8 +92,24 @@ fn readyz(shared: &AdminState) -> Response<Body> {
             );
         }
     }
+    // Degraded but serving: said, never a reason to take the pod out of service.
+    let mut details = serde_json::Map::new();
+    for route in &shared.routes {
+        if let Some(s) = route.limits().and_then(|l| l.shared()) {
+            if !s.answered_last() {
+                details.insert(
+                    route.name().to_owned(),
+                    json!({ "rate_limits": "Redis is unreachable: this replica applies the rate limits it knows on its own" }),
+                );
+            }
+        }
+    }
     if not_ready.is_empty() {
-        json_response(StatusCode::OK, &json!({ "status": "ready" }))
+        let mut body = json!({ "status": "ready" });
+        if !details.is_empty() {
+            body["details"] = Value::Object(details);
+        }
+        json_response(StatusCode::OK, &body)
     } else {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -132,6 +150,41 @@ pub fn profile_info(p: &Profile) -> Value {
         }
     }
     v
+}
+
+/// Each route's rate limits: mode, rules, the blocks in force, whether they are shared.
+fn rate_limits(shared: &AdminState) -> Value {
+    let now = unix_seconds(SystemTime::now());
+    let routes: serde_json::Map<String, Value> = shared
+        .routes
+        .iter()
+        .map(|route| {
+            let v = match route.limits() {
+                None => json!({ "mode": "off" }),
+                Some(l) => {
+                    let s = l.settings();
+                    json!({
+                        "mode": s.mode.name(),
+                        "max_wait_seconds": s.max_wait.as_secs_f64(),
+                        "default_wait_seconds": s.default_wait.as_secs_f64(),
+                        "rules": s.rules.iter().map(|r| json!({
+                            "group": r.group,
+                            "rate": r.rate.map(|rate| rate.to_string()),
+                        })).collect::<Vec<_>>(),
+                        "learned_shapes": l.learned_shapes(),
+                        "shared": l.shared().map(|sh| json!({ "up": sh.answered_last() })),
+                        "blocks": l.blocks().into_iter().map(|(group, until)| json!({
+                            "group": group,
+                            "until": until,
+                            "seconds_left": (until - now as f64).max(0.0).ceil(),
+                        })).collect::<Vec<_>>(),
+                    })
+                }
+            };
+            (route.name().to_owned(), v)
+        })
+        .collect();
+    json!({ "routes": routes, "now": now })
 }
 
 fn token_info(shared: &AdminState) -> Value {
