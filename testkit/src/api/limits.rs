@@ -139,7 +139,11 @@ impl ApiLimits {
 }
 
 /// The group of a request, from RingCentral's API reference (the "API Group" of each endpoint,
-/// <https://developers.ringcentral.com/api-reference>). Unknown endpoints are Light.
+/// <https://developers.ringcentral.com/api-reference>), as RingCentral's SDK generated from
+/// the same specification carries it (ringcentral-extensible, `packages/core/src/paths`, the
+/// "Rate Limit Group" of each endpoint, commit f2ce961 of 2026-07-08). The commonly used
+/// endpoints only; unknown endpoints are Light. Every session and party operation of call
+/// control is Light in the reference; the `sessions/*/**` entry assumes the same of any other.
 ///
 /// Entries are `"METHOD /path"` (without a method: any method). In a path, `{id}` is an account
 /// or extension id (`~` or digits), `*` any one segment, a trailing `**` any rest (also none).
@@ -156,6 +160,8 @@ pub const GROUP_TABLE: &[(&str, Group)] = &[
     ("GET /restapi/v1.0/account/{id}/extension", Group::Medium),
     ("GET /restapi/v1.0/account/{id}/extension/{id}", Group::Light),
     ("PUT /restapi/v1.0/account/{id}/extension/{id}", Group::Medium),
+    ("GET /restapi/v1.0/account/{id}/extension/{id}/phone-number", Group::Light),
+    ("GET /restapi/v1.0/account/{id}/phone-number", Group::Heavy),
     // Call log and active calls
     ("GET /restapi/v1.0/account/{id}/call-log", Group::Heavy),
     ("GET /restapi/v1.0/account/{id}/call-log/*", Group::Heavy),
@@ -387,6 +393,8 @@ mod tests {
             ("GET /restapi/v1.0/account/~/extension/~", Light),
             ("GET /restapi/v1.0/account/~/extension/101", Light),
             ("GET /restapi/v1.0/account/~/extension", Medium),
+            ("GET /restapi/v1.0/account/~/extension/~/phone-number", Light),
+            ("GET /restapi/v1.0/account/~/phone-number", Heavy),
             ("GET /restapi/v1.0/account/~/extension/~/call-log", Heavy),
             ("GET /restapi/v1.0/account/~/extension/~/call-log/", Heavy),
             ("GET /restapi/v1.0/account/42/call-log", Heavy),
