@@ -17,8 +17,10 @@
 //! - One counter per group per double. RingCentral counts per (user, app); every token of a
 //!   double's [`TokenServer`](crate::token_server::TokenServer) belongs to the same user and
 //!   app, so one counter per double is that pair's counter.
-//! - A sliding window, like the gateway's: a request is allowed when fewer than `limit` requests
-//!   of its group were counted in the `window` before it.
+//! - A sliding window: a request is allowed when fewer than `limit` requests of its group were
+//!   counted in the `window` before it. RingCentral does not publish the kind of window its
+//!   gateway uses; a sliding one refuses whatever a fixed one would, so a client that keeps to
+//!   it keeps to either.
 //! - Only requests whose token was accepted are counted: RingCentral counts per authenticated
 //!   user, and a 401 has none. A 401 still carries the four headers (the group's state, not
 //!   counted), and never starts or restarts a penalty.
