@@ -7,12 +7,25 @@
 //! | not `Bearer <token>` (scheme in any case), e.g. the bare `Bearer` of an SDK with no token | 401 `AGW-402` "Invalid Authorization header" |
 //! | unknown, rotated, revoked or evicted token | 401 `TokenInvalid` / `OAU-129` "Access token corrupted" |
 //! | expired token | 401 `TokenInvalid` / `OAU-128` "Access token expired" |
+//! | valid token, over its group's rate limit or in its penalty (only with [`ApiLimits`]) | 429 `CMN-301` "Request rate exceeded", `Retry-After` |
 //! | valid token | 200, a JSON description of the request (never the token) |
 //!
 //! A valid token is marked used, which shortens the grace window of the refresh token it
-//! replaced. Every path answers the same way; two query knobs shape the answer of any path:
-//! `sleep_ms=N` delays it by N milliseconds, `status=N` replaces the 200 of an authorized
-//! request (the body stays the echo).
+//! replaced. Every path answers the same way; query knobs shape the answer of any path:
+//! `sleep_ms=N` delays it by N milliseconds (not a 429: the gateway refuses at once),
+//! `status=N` replaces the 200 of an authorized request (the body stays the echo), and
+//! `group=light|medium|heavy|auth` puts the request in that rate-limit group instead of the
+//! one [`group_of`] gives its method and path.
+//!
+//! Rate limits (<https://developers.ringcentral.com/guide/basics/rate-limits>; the group of each
+//! endpoint is its "API Group" in <https://developers.ringcentral.com/api-reference>): every
+//! answer carries `X-Rate-Limit-Group` (`light`, `medium`, `heavy`, `auth`),
+//! `X-Rate-Limit-Limit`, `X-Rate-Limit-Remaining` and `X-Rate-Limit-Window` (seconds), as the
+//! real API's do. [`ApiServer::start_with_limits`] enforces [`ApiLimits`] (per group, a sliding
+//! window, a penalty that each request during it restarts; see [`limits`] for the
+//! details); [`ApiServer::start`] enforces none but still counts and reports
+//! [`ApiLimits::ringcentral`] in the headers (so `X-Rate-Limit-Remaining` can say 0 while the
+//! request is answered).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -29,9 +42,14 @@ use serde_json::{json, Map, Value};
 use tokio::sync::watch;
 
 use super::token_server::{
-    json_response, token_fingerprint, AccessCheck, Handler, HttpResponse, Listener, Shared,
-    TokenServer,
+    json_response, rate_exceeded, token_fingerprint, AccessCheck, Handler, HttpResponse, Listener,
+    Shared, TokenServer,
 };
+
+pub mod limits;
+
+pub use limits::{group_of, ApiLimits, Group};
+use limits::{Limiter, Verdict};
 
 /// How much of a request body the echo returns.
 const ECHO_BODY_LIMIT: usize = 64 * 1024;
@@ -55,14 +73,22 @@ pub struct ApiRequestRecord {
     pub token_fingerprint: Option<String>,
     /// The session of the accepted token.
     pub session_id: Option<u64>,
-    /// The `errorCode` nested in a 401 (`AGW-401`, `AGW-402`, `OAU-129`, `OAU-128`).
+    /// The `errorCode` of a refusal: nested in a 401 (`AGW-401`, `AGW-402`, `OAU-129`,
+    /// `OAU-128`), or `CMN-301` for a 429 of the rate limit.
     pub error_code: Option<&'static str>,
+    /// Its rate-limit group (`X-Rate-Limit-Group`: `light`, `medium`, `heavy`, `auth`), from
+    /// [`group_of`] or the `group=` knob, whether or not it was counted.
+    pub group: &'static str,
+    /// It arrived while its group was already in a penalty window: answered 429 without being
+    /// counted, and the penalty restarted.
+    pub in_penalty: bool,
     /// When the request arrived.
     pub at: Instant,
 }
 
 struct ApiState {
     tokens: Arc<Shared>,
+    limiter: Limiter,
     records: Mutex<Vec<ApiRequestRecord>>,
     count: AtomicU64,
     answered: watch::Sender<usize>,
@@ -84,15 +110,37 @@ impl fmt::Debug for ApiServer {
 
 impl ApiServer {
     /// Starts an API double on `127.0.0.1`, on a port the system chooses, accepting the tokens
-    /// of `token_server`.
+    /// of `token_server`. It enforces no rate limit, but sends the `X-Rate-Limit-*` headers of
+    /// [`ApiLimits::ringcentral`].
     pub async fn start(token_server: &TokenServer) -> io::Result<ApiServer> {
-        Self::start_on(SocketAddr::from(([127, 0, 0, 1], 0)), token_server).await
+        Self::start_with_limits(token_server, None).await
     }
 
-    /// Starts an API double on `addr`, accepting the tokens of `token_server`.
+    /// Starts an API double on `127.0.0.1`, on a port the system chooses, accepting the tokens
+    /// of `token_server` and enforcing `limits` (`None`: as [`start`](Self::start)).
+    pub async fn start_with_limits(
+        token_server: &TokenServer,
+        limits: Option<ApiLimits>,
+    ) -> io::Result<ApiServer> {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self::start_on_with_limits(addr, token_server, limits).await
+    }
+
+    /// Starts an API double on `addr`, accepting the tokens of `token_server`, without limits.
     pub async fn start_on(addr: SocketAddr, token_server: &TokenServer) -> io::Result<ApiServer> {
+        Self::start_on_with_limits(addr, token_server, None).await
+    }
+
+    /// Starts an API double on `addr`, accepting the tokens of `token_server` and enforcing
+    /// `limits`.
+    pub async fn start_on_with_limits(
+        addr: SocketAddr,
+        token_server: &TokenServer,
+        limits: Option<ApiLimits>,
+    ) -> io::Result<ApiServer> {
         let state = Arc::new(ApiState {
             tokens: token_server.shared(),
+            limiter: Limiter::new(limits),
             records: Mutex::new(Vec::new()),
             count: AtomicU64::new(0),
             answered: watch::Sender::new(0),
@@ -177,7 +225,50 @@ impl ApiServer {
             .await
             .is_ok_and(|r| r.is_ok())
     }
+
+    /// The rate limits enforced, if any.
+    pub fn limits(&self) -> Option<ApiLimits> {
+        self.state.limiter.limits()
+    }
+
+    fn count_records(&self, pred: impl Fn(&ApiRequestRecord) -> bool) -> usize {
+        self.state
+            .records
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|r| pred(r))
+            .count()
+    }
+
+    /// How many requests of `group` were answered 429 by the rate limit (not by the `status`
+    /// knob).
+    pub fn rate_limited(&self, group: Group) -> usize {
+        self.count_records(|r| r.group == group.as_str() && r.error_code == Some(RATE_EXCEEDED))
+    }
+
+    /// How many requests of `group` arrived while it was already in a penalty window (each
+    /// restarted it).
+    pub fn arrived_during_penalty(&self, group: Group) -> usize {
+        self.count_records(|r| r.group == group.as_str() && r.in_penalty)
+    }
+
+    /// How many times `group` went over its limit and a penalty started (not counting the
+    /// restarts).
+    pub fn penalties_started(&self, group: Group) -> usize {
+        self.count_records(|r| {
+            r.group == group.as_str() && r.error_code == Some(RATE_EXCEEDED) && !r.in_penalty
+        })
+    }
+
+    /// Time left in the penalty of `group`, if it is in one.
+    pub fn rate_limit_penalty_remaining(&self, group: Group) -> Option<Duration> {
+        self.state.limiter.penalty_remaining(group)
+    }
 }
+
+/// The `errorCode` of RingCentral's 429.
+const RATE_EXCEEDED: &str = "CMN-301";
 
 /// RingCentral's API error body: a top-level code and message, and the same in `errors`.
 fn api_error(top_code: &str, code: &str, message: &str) -> HttpResponse {
@@ -262,7 +353,18 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> HttpResponse {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let query = parts.uri.query().map(str::to_owned);
+    let group = query_param(query.as_deref(), "group")
+        .and_then(|name| Group::from_name(&name))
+        .unwrap_or_else(|| group_of(&parts.method, &path));
     let auth = authorize(&state.tokens, parts.headers.get(header::AUTHORIZATION));
+    // The gateway counts a request when it arrives, and only once its token is accepted.
+    let (verdict, rate_headers) = match auth {
+        Auth::Ok { .. } => {
+            let (verdict, headers) = state.limiter.admit(group);
+            (Some(verdict), headers)
+        }
+        Auth::Refused { .. } => (None, state.limiter.peek(group)),
+    };
 
     // Read the body (echoing at most ECHO_BODY_LIMIT bytes of it), whatever the answer.
     let mut body = body;
@@ -277,28 +379,53 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> HttpResponse {
         }
     }
 
-    if let Some(ms) = query_param(query.as_deref(), "sleep_ms").and_then(|v| v.parse::<u64>().ok())
-    {
-        tokio::time::sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await;
+    let limited = matches!(verdict, Some(Verdict::Exceeded | Verdict::InPenalty));
+    if !limited {
+        if let Some(ms) =
+            query_param(query.as_deref(), "sleep_ms").and_then(|v| v.parse::<u64>().ok())
+        {
+            tokio::time::sleep(Duration::from_millis(ms).min(MAX_SLEEP)).await;
+        }
     }
 
-    let (response, record) = match auth {
+    let record = |status: StatusCode,
+                  authorized: bool,
+                  fingerprint: Option<String>,
+                  session_id: Option<u64>,
+                  error_code: Option<&'static str>| ApiRequestRecord {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        status: status.as_u16(),
+        authorized,
+        token_fingerprint: fingerprint,
+        session_id,
+        error_code,
+        group: group.as_str(),
+        in_penalty: verdict == Some(Verdict::InPenalty),
+        at,
+    };
+    let (mut response, record) = match auth {
         Auth::Refused {
             code,
             response,
             fingerprint,
         } => {
-            let record = ApiRequestRecord {
-                method: parts.method.to_string(),
-                path: path.clone(),
-                query: query.clone(),
-                status: response.status().as_u16(),
-                authorized: false,
-                token_fingerprint: fingerprint,
-                session_id: None,
-                error_code: Some(code),
-                at,
-            };
+            let record = record(response.status(), false, fingerprint, None, Some(code));
+            (response, record)
+        }
+        Auth::Ok {
+            session_id,
+            fingerprint,
+        } if limited => {
+            let response = rate_exceeded(Some(state.limiter.retry_after()));
+            let record = record(
+                response.status(),
+                true,
+                Some(fingerprint),
+                Some(session_id),
+                Some(RATE_EXCEEDED),
+            );
             (response, record)
         }
         Auth::Ok {
@@ -338,20 +465,11 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> HttpResponse {
                 .and_then(|c| StatusCode::from_u16(c).ok())
                 .unwrap_or(StatusCode::OK);
             let response = json_response(status, &echo);
-            let record = ApiRequestRecord {
-                method: parts.method.to_string(),
-                path: path.clone(),
-                query: query.clone(),
-                status: status.as_u16(),
-                authorized: true,
-                token_fingerprint: Some(fingerprint),
-                session_id: Some(session_id),
-                error_code: None,
-                at,
-            };
+            let record = record(status, true, Some(fingerprint), Some(session_id), None);
             (response, record)
         }
     };
+    rate_headers.apply(response.headers_mut());
     let count = {
         let mut records = state.records.lock().unwrap_or_else(|e| e.into_inner());
         records.push(record);

@@ -6,7 +6,9 @@
 //!   with RingCentral's grants, error bodies, refresh-token rotation and grace window, session
 //!   cap and "Auth" rate limit, plus fault injection and a record of every request.
 //! - [`api`]: an API upstream that accepts exactly the access tokens the token server holds
-//!   valid, answers RingCentral's 401 bodies otherwise, and echoes what it received.
+//!   valid, answers RingCentral's 401 bodies otherwise, and echoes what it received; it sends
+//!   RingCentral's `X-Rate-Limit-*` headers and, when started with limits, enforces RingCentral's
+//!   per-group limits (429 `CMN-301`, `Retry-After`, a penalty each request restarts).
 //!
 //! Both listen on loopback on a port chosen by the system, and stop when dropped.
 

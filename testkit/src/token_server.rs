@@ -86,6 +86,9 @@ const SECRET_PARAMS: &[&str] = &[
     "token",
 ];
 
+/// `X-Rate-Limit-Group` of the token and revoke endpoints.
+const AUTH_GROUP: &str = "auth";
+
 /// RingCentral's "Auth" rate-limit group: `max` requests per `window`, then `penalty`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimit {
@@ -520,8 +523,9 @@ fn token_revoked() -> HttpResponse {
     )
 }
 
-/// RingCentral's answer when a rate-limit group is exhausted.
-fn rate_exceeded(retry_after: Option<u64>) -> HttpResponse {
+/// RingCentral's answer when a rate-limit group is exhausted (the token endpoint's Auth group
+/// and the API double's groups alike).
+pub(crate) fn rate_exceeded(retry_after: Option<u64>) -> HttpResponse {
     let mut resp = json_response(
         StatusCode::TOO_MANY_REQUESTS,
         &json!({
@@ -1092,23 +1096,27 @@ impl Presented {
     }
 }
 
-/// The rate-limit headers of an allowed request.
-struct RateHeaders {
-    limit: u32,
-    remaining: u32,
-    window: u64,
+/// RingCentral's rate-limit headers: `X-Rate-Limit-Group` (the group's name in lower case),
+/// `-Limit` (requests per window), `-Remaining` and `-Window` (seconds).
+pub(crate) struct RateHeaders {
+    pub(crate) group: &'static str,
+    pub(crate) limit: u32,
+    pub(crate) remaining: u32,
+    pub(crate) window: u64,
 }
 
 impl RateHeaders {
-    fn apply(&self, headers: &mut HeaderMap) {
-        headers.insert("x-rate-limit-group", HeaderValue::from_static("auth"));
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        headers.insert("x-rate-limit-group", HeaderValue::from_static(self.group));
         headers.insert("x-rate-limit-limit", HeaderValue::from(self.limit));
         headers.insert("x-rate-limit-remaining", HeaderValue::from(self.remaining));
         headers.insert("x-rate-limit-window", HeaderValue::from(self.window));
     }
 }
 
-fn ceil_secs(d: Duration) -> u64 {
+/// `d` in whole seconds, rounded up, at least 1 (what `Retry-After` and `X-Rate-Limit-Window`
+/// say).
+pub(crate) fn ceil_secs(d: Duration) -> u64 {
     let s = d.as_secs();
     if d.subsec_nanos() > 0 {
         s + 1
@@ -1131,6 +1139,7 @@ impl Inner {
             state.penalty_until = Some(now + limit.penalty);
             let mut resp = rate_exceeded(Some(ceil_secs(limit.penalty)));
             RateHeaders {
+                group: AUTH_GROUP,
                 limit: limit.max,
                 remaining: 0,
                 window,
@@ -1159,6 +1168,7 @@ impl Inner {
             return Err(Box::new(refuse(state)));
         }
         Ok(RateHeaders {
+            group: AUTH_GROUP,
             limit: limit.max,
             remaining: limit.max - state.count,
             window,
