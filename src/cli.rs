@@ -13,7 +13,7 @@ pub fn main() -> i32 {
     match cli.command {
         None => run(&cli.flags, &env),
         Some(Command::Run(flags)) => run(&flags, &env),
-        Some(Command::Check(flags)) => check(&flags, &env),
+        Some(Command::Check(c)) => check(&c.flags, c.strict, &env),
         Some(Command::Refresh(flags)) => refresh(&flags, &env),
         Some(Command::Dev(flags)) => dev(&flags),
     }
@@ -69,10 +69,14 @@ fn load(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> Result<config::C
         Err(e) => {
             config::log_warnings(e.warnings());
             eprint!("token-sidecar: {e}");
+            eprintln!("{HINT}");
             Err(crate::exit::INVALID_CONFIG)
         }
     }
 }
+
+/// Where to go from a configuration that does not load.
+const HINT: &str = "Run `token-sidecar --help` for every flag (docs/configuration.md for the config file), or try the demo, which needs no credentials: `cargo run --release --features dev -- dev`.";
 
 /// Starts logging, in the format the flags or the config file ask for so that configuration
 /// warnings already use it, then loads the configuration.
@@ -84,15 +88,36 @@ fn init_and_load(
     load(flags, env)
 }
 
-fn check(flags: &Flags, env: &dyn Fn(&str) -> Option<String>) -> i32 {
-    // Logging is on so that the configuration's warnings (a listener off loopback, plain http
-    // to a remote host, an option the grant ignores) are logged by `check` too, to stderr.
-    match init_and_load(flags, env) {
-        Ok(cfg) => {
-            print!("configuration OK\n{}", cfg.summary());
+/// `check`: the summary and every warning on stdout (the warnings are also logged, as `run`
+/// logs them); with `strict`, a warning fails it as a problem does.
+fn check(flags: &Flags, strict: bool, env: &dyn Fn(&str) -> Option<String>) -> i32 {
+    crate::telemetry::init(config::log_format_hint(flags, env));
+    match config::load(flags, env) {
+        Ok(loaded) => {
+            config::log_warnings(&loaded.warnings);
+            let warnings = &loaded.warnings;
+            if strict && !warnings.is_empty() {
+                println!("configuration has {} warning(s) (--strict):", warnings.len());
+                for w in warnings {
+                    println!("  - {w}");
+                }
+                return crate::exit::INVALID_CONFIG;
+            }
+            print!("configuration OK\n{}", loaded.config.summary());
+            if !warnings.is_empty() {
+                println!("warnings ({}):", warnings.len());
+                for w in warnings {
+                    println!("  - {w}");
+                }
+            }
             crate::exit::OK
         }
-        Err(code) => code,
+        Err(e) => {
+            config::log_warnings(e.warnings());
+            eprint!("token-sidecar: {e}");
+            eprintln!("{HINT}");
+            crate::exit::INVALID_CONFIG
+        }
     }
 }
 

@@ -99,6 +99,13 @@ pub async fn run(flags: &DevFlags) -> i32 {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the sidecar");
+            if let crate::app::StartError::Bind { addr, .. } = &e {
+                eprintln!(
+                    "token-sidecar dev: {addr} is in use. Choose free ports with --listen and \
+                     --admin-listen, e.g.: cargo run --release --features dev -- dev \
+                     --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:19090"
+                );
+            }
             let _ = std::fs::remove_dir_all(&dir);
             return crate::exit::START_FAILED;
         }
@@ -109,7 +116,7 @@ pub async fn run(flags: &DevFlags) -> i32 {
         "\ntoken-sidecar dev: a demo OAuth2 server ({}) issues {}-second tokens; an echo API ({})\n\
          accepts only valid ones. The sidecar listens on http://{proxy} and injects the token.\n\n\
          Try (no credentials in any of these requests):\n\
-         \x20 curl -s http://{proxy}/restapi/v1.0/account/~ ; echo\n\
+         \x20 curl -s http://{proxy}/restapi/v1.0/account/~ ; echo   # see \"authorization\": it arrived (redacted)\n\
          \x20 curl -s -H 'Authorization: Bearer forged' http://{proxy}/restapi/v1.0/echo ; echo   # replaced\n\
          \x20 curl -s http://{admin}/token-info ; echo        # version grows every ~{} s\n\
          \x20 curl -s http://{admin}/readyz ; echo\n\

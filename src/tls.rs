@@ -71,7 +71,13 @@ pub fn tls_config(
     Ok(match client_cert {
         None => builder.with_no_client_auth(),
         Some(files) => {
-            builder.with_client_cert_resolver(Arc::new(ReloadingClientCert::new(files.clone())?))
+            let mut cfg = builder
+                .with_client_cert_resolver(Arc::new(ReloadingClientCert::new(files.clone())?));
+            // A resumed session keeps the identity of the handshake it resumes: after a
+            // renewal, the server would still see the old certificate. Every connection
+            // presents the current one.
+            cfg.resumption = rustls::client::Resumption::disabled();
+            cfg
         }
     })
 }

@@ -700,7 +700,7 @@ async fn an_unreadable_or_malformed_config_file_is_the_only_problem_reported() {
     std::fs::write(&type_error, "[[route]]\nrefresh_on_401 = \"yes\"\n").unwrap();
     let missing = dir.path().join("missing.toml");
     for (path, named) in [
-        (&broken, "config file"),
+        (&broken, "sidecar.toml:1:"),
         (&type_error, "`route[0].refresh_on_401`"),
         (&missing, "--config"),
     ] {
@@ -709,11 +709,12 @@ async fn an_unreadable_or_malformed_config_file_is_the_only_problem_reported() {
         assert_names(&out, &[named, "(1 problem(s))"]);
         // Nothing about the route and profile the file never got to define.
         assert!(!out.all().contains("token.default"), "{}", out.all());
-        // One line per problem.
+        // One line per problem, then where to go from here.
         let problems: Vec<&str> = out
             .stderr
             .lines()
             .filter(|l| !l.starts_with("token-sidecar: invalid configuration"))
+            .filter(|l| !l.starts_with("Run `token-sidecar --help`"))
             .collect();
         assert_eq!(problems.len(), 1, "{}", out.stderr);
     }

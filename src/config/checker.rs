@@ -174,12 +174,23 @@ impl Checker {
     }
 
     /// An `IP:port` address.
+    /// An `IP:port` address; `localhost:port` is `127.0.0.1:port` (a listener binds one
+    /// address, and the loopback one is what `localhost` means here).
     pub(super) fn addr(&mut self, src: Src<String>) -> Option<SocketAddr> {
-        match src.value.trim().parse::<SocketAddr>() {
+        let value = src.value.trim();
+        if let Some(port) = value
+            .strip_prefix("localhost:")
+            .or_else(|| value.strip_prefix("LOCALHOST:"))
+        {
+            if let Ok(port) = port.parse::<u16>() {
+                return Some(SocketAddr::from(([127, 0, 0, 1], port)));
+            }
+        }
+        match value.parse::<SocketAddr>() {
             Ok(a) => Some(a),
             Err(_) => {
                 self.err(format!(
-                    "{}: `{}` is not an IP:port address (e.g. 127.0.0.1:8080)",
+                    "{}: `{}` is not an IP:port address (e.g. 127.0.0.1:8080, or localhost:8080)",
                     src.key, src.value
                 ));
                 None
@@ -405,7 +416,7 @@ mod tests {
             errors.0,
             [
                 "--refresh-margin: `soon` is not a duration (expected number at 0); use e.g. 90s, 5m, 1h",
-                "--listen: `nowhere` is not an IP:port address (e.g. 127.0.0.1:8080)",
+                "--listen: `nowhere` is not an IP:port address (e.g. 127.0.0.1:8080, or localhost:8080)",
                 "`route[0].retry_body_limit`: `many` is not a whole number",
                 "--refresh-on-401: `maybe` is not true or false",
             ]

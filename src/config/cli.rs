@@ -32,12 +32,24 @@ pub struct Cli {
 pub enum Command {
     /// Serve: proxy listener(s), admin listener and background token refresh (the default).
     Run(Flags),
-    /// Validate the configuration and print a summary without secrets; exit 64 when invalid.
-    Check(Flags),
+    /// Validate the configuration and print a summary and its warnings without secrets; exit 64
+    /// when invalid (or, with --strict, when anything deserves a warning).
+    Check(CheckFlags),
     /// Force one refresh now, persist it, print its metadata (never the token) and exit.
     Refresh(Flags),
     /// A self-contained demo: a built-in OAuth2 server, an echo upstream and the sidecar.
     Dev(DevFlags),
+}
+
+/// Flags of `check`: those of `run`, and `--strict`.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CheckFlags {
+    /// Treat every warning as a problem: exit 64 when there is one.
+    #[arg(long)]
+    pub strict: bool,
+    /// The flags of `run`.
+    #[command(flatten)]
+    pub flags: Flags,
 }
 
 /// Flags of `dev`.

@@ -137,9 +137,12 @@ impl OneOrMany {
     }
 }
 
-/// Parses the text of a config file. `${VAR}` in string values is replaced from `env`
-/// (`$${` writes a literal `${`). Problems are appended to `errors`, each naming its key.
+/// Parses the text of the config file `name`. `${VAR}` in string values is replaced from
+/// `env` (`$${` writes a literal `${`). Problems are appended to `errors`, each naming the file
+/// and its key (a syntax error its line and column; an unknown key the known one it is
+/// closest to).
 pub fn parse(
+    name: &str,
     text: &str,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<String>,
@@ -147,23 +150,31 @@ pub fn parse(
     let mut value: toml::Value = match toml::from_str(text) {
         Ok(v) => v,
         Err(e) => {
-            errors.push(format!("config file: {}", e.message().trim()).replace('\n', " "));
-            if let Some(span) = e.span() {
-                let line = text[..span.start.min(text.len())].lines().count().max(1);
-                if let Some(last) = errors.last_mut() {
-                    last.push_str(&format!(" (line {line})"));
+            let message = e.message().trim().replace('\n', " ");
+            match e.span() {
+                Some(span) => {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    errors.push(format!("{name}:{line}:{column}: {message}"));
                 }
+                None => errors.push(format!("{name}: {message}")),
             }
             return None;
         }
     };
-    expand_value(&mut value, &mut String::new(), env, errors);
+    expand_value(&mut value, &mut String::new(), env, errors, name);
     let mut unknown = Vec::new();
-    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(key_path(&path));
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(unknown_key(&path));
     let de = serde_ignored::Deserializer::new(value, &mut on_unknown);
     let parsed: Result<RawFile, _> = serde_path_to_error::deserialize(de);
-    for key in unknown {
-        errors.push(format!("config file: unknown key `{key}`"));
+    for (key, hint) in unknown {
+        match hint {
+            Some(known) => errors.push(format!(
+                "{name}: unknown key `{key}`; did you mean `{known}`?"
+            )),
+            None => errors.push(format!("{name}: unknown key `{key}`")),
+        }
     }
     match parsed {
         Ok(raw) => Some(raw),
@@ -171,10 +182,77 @@ pub fn parse(
             // The message alone: toml's `Display` appends the key again, on lines of its own
             // and without the array index.
             let message = e.inner().message().trim().replace('\n', " ");
-            errors.push(format!("config file: `{}`: {message}", e.path()));
+            errors.push(format!("{name}: `{}`: {message}", e.path()));
             None
         }
     }
+}
+
+/// An unknown key's path, and the known key of its table it is closest to (a typo).
+fn unknown_key(path: &serde_ignored::Path<'_>) -> (String, Option<&'static str>) {
+    use serde_ignored::Path;
+    let full = key_path(path);
+    let (parent, key) = match path {
+        Path::Map { parent, key } => (key_path(parent), key.as_str()),
+        _ => return (full, None),
+    };
+    // The table, without array indexes and profile names: `route[0].limit[1]` → `route.limit`.
+    let mut table = String::new();
+    for (i, part) in parent.split('.').enumerate() {
+        let part = part.split('[').next().unwrap_or(part);
+        if i == 1 && table == "token" {
+            continue;
+        }
+        if !table.is_empty() {
+            table.push('.');
+        }
+        table.push_str(part);
+    }
+    let known = known_keys(&table);
+    let best = known
+        .iter()
+        .map(|k| (strsim::jaro_winkler(key, k), *k))
+        .filter(|(score, _)| *score > 0.8)
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, k)| k);
+    (full, best)
+}
+
+/// The keys of a table of the file (`""` the top level, `route`, `route.limit`, `token`,
+/// `admin`, `shared`).
+fn known_keys(table: &str) -> Vec<&'static str> {
+    use super::settings::{admin, route, shared, token, top, AnySetting};
+    let keys = |all: &[&dyn AnySetting]| -> Vec<&'static str> {
+        all.iter().map(|s| s.key()).filter(|k| !k.is_empty()).collect()
+    };
+    let mut out = match table {
+        "" => {
+            let mut k = keys(top::ALL);
+            k.extend(["admin", "route", "token", "shared"]);
+            k
+        }
+        "admin" => keys(admin::ALL),
+        "shared" => {
+            let mut k = keys(shared::ALL);
+            k.push("key_prefix");
+            k
+        }
+        "route" => {
+            let mut k = keys(route::ALL);
+            k.extend(["name", "token", "limit"]);
+            k
+        }
+        "route.limit" => vec!["group", "match", "rate"],
+        "token" => {
+            let mut k = keys(token::ALL);
+            k.extend(["assertion", "password"]);
+            k
+        }
+        _ => Vec::new(),
+    };
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 /// Renders an ignored key's path as the other messages name keys: `admin.listen`,
@@ -204,19 +282,20 @@ fn expand_value(
     path: &mut String,
     env: &dyn Fn(&str) -> Option<String>,
     errors: &mut Vec<String>,
+    name: &str,
 ) {
     match v {
         toml::Value::String(s) => match expand(s, env) {
             Ok(e) => *s = e,
             Err(var) => errors.push(format!(
-                "config file: `{path}`: environment variable `{var}` is not set"
+                "{name}: `{path}`: environment variable `{var}` is not set"
             )),
         },
         toml::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = path.len();
                 path.push_str(&format!("[{i}]"));
-                expand_value(item, path, env, errors);
+                expand_value(item, path, env, errors, name);
                 path.truncate(len);
             }
         }
@@ -227,7 +306,7 @@ fn expand_value(
                     path.push('.');
                 }
                 path.push_str(k);
-                expand_value(item, path, env, errors);
+                expand_value(item, path, env, errors, name);
                 path.truncate(len);
             }
         }
@@ -291,7 +370,7 @@ mod tests {
     fn unknown_keys_all_reported() {
         let mut errors = vec![];
         let text = "bogus = 1\n[[route]]\nname = \"a\"\nlisten_addr = \"x\"\n[token.t]\ngrnt = \"static\"\n";
-        let raw = parse(text, &env, &mut errors);
+        let raw = parse("c.toml", text, &env, &mut errors);
         assert!(raw.is_some());
         assert_eq!(errors.len(), 3, "{errors:?}");
         assert!(errors.iter().any(|e| e.contains("`bogus`")));
@@ -309,6 +388,7 @@ mod tests {
     fn unknown_keys_in_optional_tables_have_plain_paths() {
         let mut errors = vec![];
         parse(
+            "c.toml",
             "[admin]\nlistn = \"x\"\n[shared]\nredis = \"y\"\n",
             &env,
             &mut errors,
@@ -324,9 +404,29 @@ mod tests {
     }
 
     #[test]
+    fn unknown_keys_suggest_the_closest_known_one_and_syntax_errors_their_place() {
+        let mut errors = vec![];
+        let text = "log_fromat = \"json\"\n[[route]]\nupstrem = \"x\"\n[[route.limit]]\ngruop = \"a\"\n[token.rc]\ntoken_ulr = \"u\"\nzzz = 1\n";
+        parse("/etc/ts.toml", text, &env, &mut errors);
+        for want in [
+            "/etc/ts.toml: unknown key `log_fromat`; did you mean `log_format`?",
+            "/etc/ts.toml: unknown key `route[0].upstrem`; did you mean `upstream`?",
+            "/etc/ts.toml: unknown key `route[0].limit[0].gruop`; did you mean `group`?",
+            "/etc/ts.toml: unknown key `token.rc.token_ulr`; did you mean `token_url`?",
+            "/etc/ts.toml: unknown key `token.rc.zzz`",
+        ] {
+            assert!(errors.iter().any(|e| e == want), "{want}: {errors:?}");
+        }
+        let mut errors = vec![];
+        parse("ts.toml", "[admin]\nlisten = \"x\"\nthreads = = 2\n", &env, &mut errors);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("ts.toml:3:11: "), "{errors:?}");
+    }
+
+    #[test]
     fn type_errors_name_the_key() {
         let mut errors = vec![];
-        parse("[[route]]\nrefresh_on_401 = \"yes\"\n", &env, &mut errors);
+        parse("c.toml", "[[route]]\nrefresh_on_401 = \"yes\"\n", &env, &mut errors);
         assert!(errors[0].contains("route[0].refresh_on_401"), "{errors:?}");
         assert!(!errors[0].contains('\n'), "{errors:?}");
         assert!(!errors[0].contains("route.refresh_on_401"), "{errors:?}");
@@ -335,7 +435,7 @@ mod tests {
     #[test]
     fn missing_variable_names_the_key() {
         let mut errors = vec![];
-        parse("[token.rc]\nclient_id = \"${NOPE}\"\n", &env, &mut errors);
+        parse("c.toml", "[token.rc]\nclient_id = \"${NOPE}\"\n", &env, &mut errors);
         assert!(
             errors[0].contains("token.rc.client_id") && errors[0].contains("NOPE"),
             "{errors:?}"

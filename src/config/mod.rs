@@ -35,7 +35,7 @@ use http::HeaderName;
 use crate::proxy::upstream::Upstream;
 use crate::secret::{Secret, SecretSource};
 use checker::Checker;
-pub use cli::{Cli, Command, DevFlags, Flags};
+pub use cli::{CheckFlags, Cli, Command, DevFlags, Flags};
 pub use warning::{log_warnings, Warning};
 
 /// The exit code for an invalid configuration (`EX_USAGE`).
@@ -476,7 +476,7 @@ fn read_file(
         return Some(file::RawFile::default());
     };
     match std::fs::read_to_string(path) {
-        Ok(text) => file::parse(&text, env, c.errors_mut()),
+        Ok(text) => file::parse(&path.display().to_string(), &text, env, c.errors_mut()),
         Err(e) => {
             c.err(format!("--config: cannot read {}: {e}", path.display()));
             None
@@ -534,9 +534,14 @@ impl Config {
         let mut s = String::new();
         let _ = writeln!(s, "admin: {}", self.admin_listen);
         for r in &self.routes {
+            // A fixed token cannot answer a 401 with a newer one: its 401s pass through.
+            let fixed = self
+                .tokens
+                .get(&r.token)
+                .is_some_and(|t| matches!(t.grant, Grant::Static { .. }));
             let _ = writeln!(
                 s,
-                "route {}: {} -> {}://{}{} (token {}, header {}, refresh_on_401 {})",
+                "route {}: {} -> {}://{}{} (token {}, header {}, refresh_on_401 {}, rate limits {}{})",
                 r.name,
                 r.listen,
                 r.upstream.scheme(),
@@ -544,7 +549,18 @@ impl Config {
                 r.upstream.base_path(),
                 r.token,
                 r.header,
-                r.refresh_on_401
+                if fixed && r.refresh_on_401 {
+                    "false (a static token cannot be renewed)"
+                } else if r.refresh_on_401 {
+                    "true"
+                } else {
+                    "false"
+                },
+                r.limits.mode.name(),
+                match r.limits.rules.len() {
+                    0 => String::new(),
+                    n => format!(", {n} rule(s)"),
+                }
             );
             if let Some(c) = &r.upstream_client_cert {
                 let _ = writeln!(s, "route {}: upstream {}", r.name, cert_summary(c));

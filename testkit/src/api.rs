@@ -448,6 +448,15 @@ async fn handle(state: &ApiState, req: Request<Incoming>) -> HttpResponse {
                     }
                 }
             }
+            // What arrived, shown without the secret: the scheme and the token's fingerprint.
+            if let Some(v) = parts.headers.get(header::AUTHORIZATION) {
+                let v = String::from_utf8_lossy(v.as_bytes());
+                let scheme = v.split_whitespace().next().unwrap_or("");
+                headers.insert(
+                    "authorization".into(),
+                    Value::String(format!("{scheme} <redacted; fingerprint {fingerprint}>")),
+                );
+            }
             let echo = json!({
                 "method": parts.method.as_str(),
                 "path": path,

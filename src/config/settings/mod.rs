@@ -328,7 +328,7 @@ mod tests {
         let flags: Vec<&str> = cmd
             .get_arguments()
             .filter_map(|a| a.get_long())
-            .filter(|l| *l != "help")
+            .filter(|l| *l != "help" && *l != "strict")
             .collect();
         let described: Vec<&str> = all().map(|s| s.flag()).collect();
         let mut a = flags.clone();

@@ -95,10 +95,17 @@ fn http_client(cfg: &TokenConfig) -> Result<HttpClient, String> {
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder
         .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector))
+        .pool_idle_timeout(Duration::from_secs(30));
+    if cfg.client_cert.is_some() {
+        // The certificate authenticates the client at the handshake: a kept-alive connection
+        // would go on presenting a renewed one's predecessor. Token requests are rare; each
+        // gets its own connection.
+        builder.pool_max_idle_per_host(0);
+    }
+    Ok(builder.build(connector))
 }
 
 /// A client of one profile's token endpoint.
