@@ -22,6 +22,10 @@ need redis-server || apt_install redis-server
 if ! need node || ! need npm; then apt_install nodejs npm; fi
 echo "== npm ci (examples/ringcentral-node)"
 npm ci --prefix examples/ringcentral-node --no-audit --no-fund --loglevel=error
+# The client-authentication tests (tests/client_auth.rs, tests/oidc_harness.rs) run a real
+# authorization server, oidc-provider, from tests/oidc.
+echo "== npm ci (tests/oidc)"
+npm ci --prefix tests/oidc --no-audit --no-fund --loglevel=error
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -7,6 +7,7 @@
 pub mod client;
 pub mod h2raw;
 pub mod metrics;
+pub mod oidc;
 pub mod procfs;
 pub mod rc;
 pub mod redis;
