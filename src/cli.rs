@@ -97,7 +97,10 @@ fn check(flags: &Flags, strict: bool, env: &dyn Fn(&str) -> Option<String>) -> i
             config::log_warnings(&loaded.warnings);
             let warnings = &loaded.warnings;
             if strict && !warnings.is_empty() {
-                println!("configuration has {} warning(s) (--strict):", warnings.len());
+                println!(
+                    "configuration has {} warning(s) (--strict):",
+                    warnings.len()
+                );
                 for w in warnings {
                     println!("  - {w}");
                 }

@@ -223,7 +223,10 @@ fn unknown_key(path: &serde_ignored::Path<'_>) -> (String, Option<&'static str>)
 fn known_keys(table: &str) -> Vec<&'static str> {
     use super::settings::{admin, route, shared, token, top, AnySetting};
     let keys = |all: &[&dyn AnySetting]| -> Vec<&'static str> {
-        all.iter().map(|s| s.key()).filter(|k| !k.is_empty()).collect()
+        all.iter()
+            .map(|s| s.key())
+            .filter(|k| !k.is_empty())
+            .collect()
     };
     let mut out = match table {
         "" => {
@@ -418,7 +421,12 @@ mod tests {
             assert!(errors.iter().any(|e| e == want), "{want}: {errors:?}");
         }
         let mut errors = vec![];
-        parse("ts.toml", "[admin]\nlisten = \"x\"\nthreads = = 2\n", &env, &mut errors);
+        parse(
+            "ts.toml",
+            "[admin]\nlisten = \"x\"\nthreads = = 2\n",
+            &env,
+            &mut errors,
+        );
         assert_eq!(errors.len(), 1);
         assert!(errors[0].starts_with("ts.toml:3:11: "), "{errors:?}");
     }
@@ -426,7 +434,12 @@ mod tests {
     #[test]
     fn type_errors_name_the_key() {
         let mut errors = vec![];
-        parse("c.toml", "[[route]]\nrefresh_on_401 = \"yes\"\n", &env, &mut errors);
+        parse(
+            "c.toml",
+            "[[route]]\nrefresh_on_401 = \"yes\"\n",
+            &env,
+            &mut errors,
+        );
         assert!(errors[0].contains("route[0].refresh_on_401"), "{errors:?}");
         assert!(!errors[0].contains('\n'), "{errors:?}");
         assert!(!errors[0].contains("route.refresh_on_401"), "{errors:?}");
@@ -435,7 +448,12 @@ mod tests {
     #[test]
     fn missing_variable_names_the_key() {
         let mut errors = vec![];
-        parse("c.toml", "[token.rc]\nclient_id = \"${NOPE}\"\n", &env, &mut errors);
+        parse(
+            "c.toml",
+            "[token.rc]\nclient_id = \"${NOPE}\"\n",
+            &env,
+            &mut errors,
+        );
         assert!(
             errors[0].contains("token.rc.client_id") && errors[0].contains("NOPE"),
             "{errors:?}"

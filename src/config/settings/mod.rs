@@ -405,11 +405,11 @@ mod tests {
         assert_eq!(route::UPSTREAM.help(), route::UPSTREAM.help);
     }
 
-    /// The README's table of flags shows the same defaults (those computed at run time are
-    /// described in words of its own).
+    /// The flag reference (docs/configuration.md) shows the same defaults (those computed at
+    /// run time are described in words of its own).
     #[test]
-    fn the_readme_shows_the_same_defaults() {
-        let readme = include_str!("../../../README.md");
+    fn the_flag_reference_shows_the_same_defaults() {
+        let readme = include_str!("../../../docs/configuration.md");
         for s in all() {
             let Some(d) = s.default_shown() else {
                 continue;
@@ -417,7 +417,7 @@ mod tests {
             let row = readme
                 .lines()
                 .find(|l| l.starts_with("| `--") && l.contains(&format!("`--{} ", s.flag())))
-                .unwrap_or_else(|| panic!("no README row for --{}", s.flag()));
+                .unwrap_or_else(|| panic!("no docs/configuration.md row for --{}", s.flag()));
             if [top::THREADS.flag, token::REFRESH_MARGIN.flag].contains(&s.flag()) {
                 continue;
             }
