@@ -16,6 +16,11 @@ ratios, and a verdict per variant and proxy: token-sidecar ahead, behind or leve
 confidence interval of the req/s ratios of paired rounds. Writes bench/results/latest.json and
 latest.md. Method and results: docs/benchmarks.md.
 
+get-rl-local and get-rl-shared measure a rate decision per request (one [[route.limit]] rule that
+never binds; shared: through a redis-server started for the variant), which nginx and HAProxy do
+not make: there token-sidecar is measured against the same build without the rule
+(SIDECAR_GET), and the baseline build, if any, with the rule.
+
 The token-sidecar binary is $SIDECAR_BIN, or else `cargo build --release` is run and
 target/release/token-sidecar used. Missing tools are installed with apt-get (root or sudo).
 Python standard library only; Linux only (/proc).
@@ -54,6 +59,21 @@ SIDECAR, NGINX, HAPROXY, DIRECT = "token-sidecar", "nginx", "haproxy", "upstream
 BASELINE = "baseline"
 PROXIES = [SIDECAR, HAPROXY, NGINX, BASELINE]
 DEFAULT_PROXIES = [SIDECAR, HAPROXY, NGINX]
+# The build under test with the `get` variant's configuration: the reference of the variants
+# that measure a feature nginx and HAProxy do not have (`reference="get"`). Not selectable
+# with --proxies: it runs whenever token-sidecar does in such a variant. Its ratio with
+# token-sidecar is named after the variant it stands for ("sidecar/get").
+SIDECAR_GET = "token-sidecar-get"
+REFERENCE_NAMES = {SIDECAR_GET: "get"}
+
+# The rate-decision variants: one [[route.limit]] rule over every path, at a rate the load never
+# reaches (100,000 requests in any second, paced over 1.1 s: it binds above about 91,000 req/s),
+# so that every request takes a decision and none waits or is refused.
+RL_GROUP = "bench"
+RL_MATCH = ["/**"]
+RL_RATE = "100000/1s"
+RL_LABELS = {SIDECAR: "token-sidecar (rate decision)", SIDECAR_GET: "token-sidecar (no rule)",
+             BASELINE: "baseline (rate decision)"}
 
 # tool -> Debian package
 TOOLS = {
@@ -64,10 +84,24 @@ TOOLS = {
     "openssl": "openssl",
     "curl": "curl",
 }
+# needed only by the variants that name them
+VARIANT_TOOLS = {"redis-server": "redis-server"}
 
 VARIANTS = {
     "get": dict(desc="keep-alive GET, small response (wrk -t2 -c64)",
                 tool="wrk", threads=2, conns=64, body=0, path="/", direct_baseline=True),
+    "get-rl-local": dict(desc=f"keep-alive GET as in `get`, each request through a local rate "
+                              f"decision (one [[route.limit]] rule, rate {RL_RATE}, never reached; "
+                              f"wrk -t2 -c64), against the same build without the rule",
+                         tool="wrk", threads=2, conns=64, body=0, path="/", rate_limit="local",
+                         proxies=[SIDECAR, BASELINE], reference="get", labels=RL_LABELS,
+                         strict=True),
+    "get-rl-shared": dict(desc=f"keep-alive GET as in `get`, each request's rate decision taken in "
+                               f"Redis (the same rule, --redis-url; one round trip per request; "
+                               f"wrk -t2 -c64), against the same build without the rule",
+                          tool="wrk", threads=2, conns=64, body=0, path="/", rate_limit="shared",
+                          proxies=[SIDECAR, BASELINE], reference="get", labels=RL_LABELS,
+                          strict=True, tools=["redis-server"]),
     "c1": dict(desc="one request at a time on one keep-alive connection (wrk -t1 -c1): the "
                     "latency a proxy adds when the machine is not saturated",
                tool="wrk", threads=1, conns=1, body=0, path="/", direct_baseline=True),
@@ -317,11 +351,21 @@ def sudo_prefix():
     return None
 
 
-def ensure_tools():
-    missing = [t for t in TOOLS if not shutil.which(t)]
+def required_tools(variant_names, variants=VARIANTS):
+    """The tools a run of `variant_names` needs, each with its Debian package: every one of
+    TOOLS, and those the variants name (`tools`: redis-server for `get-rl-shared`)."""
+    tools = dict(TOOLS)
+    for name in variant_names:
+        for t in variants[name].get("tools", []):
+            tools[t] = VARIANT_TOOLS[t]
+    return tools
+
+
+def ensure_tools(tools=TOOLS):
+    missing = [t for t in tools if not shutil.which(t)]
     if not missing:
         return
-    pkgs = sorted({TOOLS[t] for t in missing})
+    pkgs = sorted({tools[t] for t in missing})
     pre = sudo_prefix()
     if pre is None or not shutil.which("apt-get"):
         die(f"missing tools {missing}; install the packages {pkgs} (apt-get install -y ...)")
@@ -333,7 +377,7 @@ def ensure_tools():
         run_cmd(pre + ["apt-get", "update"], timeout=600, env=env)
         run_cmd(pre + ["apt-get", "install", "-y", "--no-install-recommends"] + pkgs,
                 timeout=900, env=env)
-    still = [t for t in TOOLS if not shutil.which(t)]
+    still = [t for t in tools if not shutil.which(t)]
     if still:
         die(f"still missing after apt-get: {still}")
 
@@ -476,34 +520,134 @@ class Upstream:
             die(f"upstream POST answers {st} {body!r}")
 
 
+class Redis:
+    """A redis-server of our own for one variant (`get-rl-shared`): loopback, a free port, no
+    persistence."""
+
+    def __init__(self, d, tag):
+        self.d = Path(d)
+        self.port = free_port()
+        self.server = Server(tag, ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no", "--dir", str(self.d)],
+                             self.d / f"{tag}.log")
+        wait_port(self.port, self.server)
+
+    def url(self, db=0):
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def pids(self):
+        return self.server.pids()
+
+    def stop(self):
+        self.server.stop()
+
+
+def rate_limit_config(listen, upstream, token, group=RL_GROUP, match=RL_MATCH, rate=RL_RATE):
+    """The sidecar's config file for the rate-decision variants: the `get` route (its listener,
+    its upstream, a static token) and one [[route.limit]] rule over `match` at `rate`."""
+    q = json.dumps   # a JSON string of printable ASCII is a TOML basic string
+    return "\n".join([
+        "# bench/run.py: the `get` route, plus one rate rule that every request passes through",
+        "[[route]]",
+        'name = "bench"',
+        f"listen = {q(listen)}",
+        f"upstream = {q(upstream)}",
+        'token = "bench"',
+        "",
+        "[[route.limit]]",
+        f"group = {q(group)}",
+        f"match = [{', '.join(q(m) for m in match)}]",
+        f"rate = {q(rate)}",
+        "",
+        "[token.bench]",
+        'grant = "static"',
+        f"static_token = {q(token)}",
+        "",
+    ])
+
+
+def rule_problem(limits, shared, group=RL_GROUP):
+    """What keeps a rate-decision instance from deciding every request, from its admin
+    `/rate-limits` document (`limits`); None when its one route has a rule of `group` with a
+    rate, shared through a Redis that answers when `shared`."""
+    routes = limits.get("routes") or {}
+    if len(routes) != 1:
+        return f"/rate-limits shows {len(routes)} routes, want 1: {json.dumps(limits)[:500]}"
+    (route, r), = routes.items()
+    if r.get("mode") == "off":
+        return f"route {route}: rate limits are off"
+    if not any(x.get("group") == group and x.get("rate") for x in r.get("rules") or []):
+        return f"route {route}: no rule of group {group!r} with a rate: {json.dumps(r)[:500]}"
+    up = (r.get("shared") or {}).get("up")
+    if shared and up is not True:
+        return (f"route {route}: the rate limits are not shared through Redis (shared: "
+                f"{json.dumps(r.get('shared'))})")
+    if not shared and r.get("shared") is not None:
+        return f"route {route}: the rate limits are shared, want local ones"
+    return None
+
+
+def sidecar_argv(binary, port, admin_port, upstream, ca=None, token_file=None, config=None,
+                 redis_url=None):
+    """`token-sidecar run` as the benchmark runs it. With `config` (a file from
+    `rate_limit_config`) the route and its token come from the file; else from flags."""
+    argv = [binary, "run", "--threads", "1", "--log-format", "text", "--shutdown-grace", "1s",
+            "--admin-listen", f"127.0.0.1:{admin_port}"]
+    if config:
+        argv += ["--config", str(config)]
+    else:
+        argv += ["--listen", f"127.0.0.1:{port}", "--upstream", upstream]
+        if ca:
+            argv += ["--upstream-ca-file", str(ca)]
+        if token_file:
+            argv += ["--grant", "file", "--token-file", str(token_file)]
+        else:
+            argv += ["--grant", "static", "--static-token", "abc"]
+    if redis_url:
+        argv += ["--redis-url", redis_url]
+    return argv
+
+
 class Proxy:
     """One proxy instance configured for one variant."""
 
     def __init__(self, kind, d, upstream, variant, sidecar_bin=None, token_file=None,
-                 baseline_bin=None):
+                 baseline_bin=None, reference_bin=None, redis=None):
         self.kind, self.d = kind, Path(d)
         self.port = free_port()
         self.admin_port = None
+        # "local" or "shared" when this instance takes a rate decision per request; the
+        # reference instance (SIDECAR_GET) runs the `get` configuration.
+        self.rate_limit = variant.get("rate_limit") if kind in (SIDECAR, BASELINE) else None
+        self.redis = redis if self.rate_limit == "shared" else None
         tls = variant.get("tls_upstream", False)
         h2 = variant.get("h2", False)
         up_port = upstream.tls_port if tls else upstream.port
         ca = self.d / "ca.pem"
         tag = f"{kind}-{variant['name']}"
-        if kind in (SIDECAR, BASELINE):
+        if kind in (SIDECAR, BASELINE, SIDECAR_GET):
             self.admin_port = free_port()
-            argv = [sidecar_bin if kind == SIDECAR else baseline_bin, "run", "--threads", "1", "--log-format", "text",
-                    "--shutdown-grace", "1s",
-                    "--listen", f"127.0.0.1:{self.port}",
-                    "--admin-listen", f"127.0.0.1:{self.admin_port}",
-                    "--upstream", f"{'https' if tls else 'http'}://127.0.0.1:{up_port}"]
-            if tls:
-                argv += ["--upstream-ca-file", str(ca)]
-            if token_file:
-                argv += ["--grant", "file", "--token-file", str(token_file)]
-            else:
-                argv += ["--grant", "static", "--static-token", "abc"]
+            binary = {SIDECAR: sidecar_bin, BASELINE: baseline_bin,
+                      SIDECAR_GET: reference_bin or sidecar_bin}[kind]
+            up_url = f"{'https' if tls else 'http'}://127.0.0.1:{up_port}"
+            config = redis_url = None
+            if self.rate_limit:
+                config = self.d / f"{tag}.toml"
+                config.write_text(rate_limit_config(f"127.0.0.1:{self.port}", up_url, "abc"))
+                if self.redis:
+                    # Each build its own database: their windows do not mix.
+                    redis_url = self.redis.url(1 if kind == BASELINE else 0)
+            argv = sidecar_argv(binary, self.port, self.admin_port, up_url, ca=ca if tls else None,
+                                token_file=token_file, config=config, redis_url=redis_url)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TOKEN_SIDECAR_")}
             env["TOKEN_SIDECAR_LOG"] = "warn"
+            if config:
+                # as nginx -t and haproxy -c for theirs: the configuration is checked first
+                rc, out, err = run_cmd([binary, "check"] + argv[2:], timeout=20, env=env,
+                                       check=False)
+                if rc != 0:
+                    die(f"{kind}: token-sidecar check failed (exit {rc}) for {config}:\n"
+                        f"{(out + err)[-3000:]}")
             self.server = Server(tag, argv, self.d / f"{tag}.log", env=env)
         elif kind == NGINX:
             up_tls = ""
@@ -541,6 +685,24 @@ class Proxy:
         wait_port(self.port, self.server)
         if self.admin_port:
             self._wait_ready()
+        if self.rate_limit:
+            self._check_rule()
+
+    def admin(self, path):
+        st, body = http("GET", f"http://127.0.0.1:{self.admin_port}{path}")
+        if st != 200:
+            die(f"{self.kind}: admin {path} answered {st}: {body[:500]}")
+        return body
+
+    def _check_rule(self):
+        """Fails loudly unless the route's rule is in force, and shared when it should be."""
+        try:
+            limits = json.loads(self.admin("/rate-limits"))
+        except ValueError as e:
+            die(f"{self.kind}: /rate-limits is not JSON: {e}")
+        problem = rule_problem(limits, shared=self.rate_limit == "shared")
+        if problem:
+            die(f"{self.kind}: {problem}\n{self.server.log_tail()}")
 
     def _wait_ready(self, timeout=15.0):
         deadline = time.monotonic() + timeout
@@ -703,13 +865,17 @@ def wait_quiet(pids, max_pct, max_wait):
         log(f"  waiting: other processes use {pct:.0f}% of a core (want < {max_pct:.0f}%) ...")
 
 
-def measure(proxy, variant, duration, d, upstream):
+def measure(proxy, variant, duration, d, upstream, redis=None):
     """One run against one proxy: load + CPU time + peak RSS of the proxy's processes, and the
-    CPU used meanwhile by processes outside the benchmark (a busy machine skews the numbers)."""
+    CPU used meanwhile by processes outside the benchmark (a busy machine skews the numbers).
+    `redis`, the variant's redis-server, is part of the benchmark; when the proxy uses it, its
+    CPU time per request is recorded too."""
     pids = proxy.pids()
-    all_pids = sorted(set(pids) | set(upstream.server.pids()))
+    redis_pids = redis.pids() if redis else []
+    all_pids = sorted(set(pids) | set(upstream.server.pids()) | set(redis_pids))
     sampler = RssSampler(pids)
     u0, s0 = cpu_split(pids)
+    rd0 = cpu_ticks(redis_pids)
     b0, o0, w0, st0 = busy_ticks(), own_ticks(all_pids), time.monotonic(), steal_ticks()
     sampler.start()
     try:
@@ -733,6 +899,8 @@ def measure(proxy, variant, duration, d, upstream):
     # Split in two: the kernel's share (system calls, the loopback TCP stack) is much the same
     # for every proxy, the user share is each proxy's own code.
     r["user_us_per_req"], r["sys_us_per_req"] = per_req(user_s), per_req(sys_s)
+    if redis and proxy.redis:
+        r["redis_cpu_us_per_req"] = per_req((cpu_ticks(redis_pids) - rd0) / CLK_TCK)
     r["peak_rss_mib"] = peak / 1024
     r["other_cpu_pct"] = other / CLK_TCK / (time.monotonic() - w0) * 100
     r["steal_pct"] = (steal_ticks() - st0) / CLK_TCK / (time.monotonic() - w0) * 100
@@ -843,7 +1011,82 @@ def summarize(rounds):
         requests=sum(r["requests"] for r in rounds),
         errors=sum(r["errors"] for r in rounds),
         other_cpu_pct_max=max(r.get("other_cpu_pct", 0.0) for r in rounds),
+    ) | ({"redis_cpu_us_per_req": median([r["redis_cpu_us_per_req"] for r in rounds])}
+         if rounds and all("redis_cpu_us_per_req" in r for r in rounds) else {})
+
+
+def proxy_label(kind, res):
+    """How a proxy is named in a variant's tables: its kind, or the variant's label for it
+    (the rate-decision variants: "token-sidecar (rate decision)", "token-sidecar (no rule)")."""
+    return res.get("labels", {}).get(kind, kind)
+
+
+def redis_cpu(res):
+    """The median CPU time of the variant's redis-server per request, by proxy using it."""
+    return {k: pr["summary"]["redis_cpu_us_per_req"] for k, pr in res["proxies"].items()
+            if "redis_cpu_us_per_req" in pr["summary"]}
+
+
+def prometheus_samples(text, name):
+    """The samples of metric `name` in Prometheus' text format: (labels, value) pairs."""
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)", line)
+        if not m or m.group(1) != name:
+            continue
+        labels = dict(re.findall(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
+        out.append((labels, float(m.group(3))))
+    return out
+
+
+def rate_limit_stats(metrics, shared):
+    """What a rate-decision instance counted since it started, from its /metrics: requests
+    answered and those not 2xx, requests that waited for or were refused by a rate or a block,
+    and when `shared` the rate decisions taken in Redis and Redis's failures (each of which
+    makes the decisions local for a while)."""
+    requests = prometheus_samples(metrics, "token_sidecar_requests_total")
+    stats = dict(
+        requests=int(sum(v for _, v in requests)),
+        non_2xx=int(sum(v for l, v in requests if not l.get("status", "").startswith("2"))),
+        rate_limited=int(sum(v for _, v in prometheus_samples(metrics,
+                                                               "token_sidecar_rate_limited_total"))),
     )
+    if shared:
+        ops = prometheus_samples(metrics, "token_sidecar_shared_store_operations_total")
+        stats["redis_decisions"] = int(sum(v for l, v in ops
+                                           if l.get("op") == "rate" and l.get("result") == "ok"))
+        stats["redis_failures"] = int(sum(v for l, v in ops if l.get("result") != "ok"))
+    return stats
+
+
+def rate_limit_line(who, stats):
+    """One line of `rate_limit_stats`."""
+    out = (f"rate decisions, {who}: {stats['requests']:,} requests, {stats['non_2xx']} not 2xx, "
+           f"{stats['rate_limited']} waited or refused")
+    if "redis_decisions" in stats:
+        out += (f", {stats['redis_decisions']:,} decided in Redis, "
+                f"{stats['redis_failures']} Redis failures")
+    return out
+
+
+def rate_limit_problems(name, kind, stats):
+    """What makes a rate-decision variant's numbers not the cost of a decision that lets every
+    request go at once (each one fails the run)."""
+    out = []
+    if stats["non_2xx"]:
+        out.append(f"{name}/{kind}: token-sidecar answered {stats['non_2xx']} requests with "
+                   f"another status than 2xx")
+    if stats["rate_limited"]:
+        out.append(f"{name}/{kind}: {stats['rate_limited']} requests waited for or were refused "
+                   f"by the rate {RL_RATE}: the load reached it")
+    if "redis_decisions" in stats:
+        if stats["redis_failures"]:
+            out.append(f"{name}/{kind}: {stats['redis_failures']} Redis operations failed; "
+                       f"decisions were local meanwhile")
+        if stats["redis_decisions"] < stats["requests"]:
+            out.append(f"{name}/{kind}: only {stats['redis_decisions']:,} of "
+                       f"{stats['requests']:,} requests were decided in Redis")
+    return out
 
 
 def fmt(v, nd=2):
@@ -859,7 +1102,7 @@ def table(variant_name, res):
     for kind, pr in res["proxies"].items():
         s = pr["summary"]
         spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 100 if s["rps"] else float("nan")
-        rows.append([kind, fmt(s["rps"], 0), f"±{spread / 2:.1f}%", fmt(s["p50_ms"], 3),
+        rows.append([proxy_label(kind, res), fmt(s["rps"], 0), f"±{spread / 2:.1f}%", fmt(s["p50_ms"], 3),
                      fmt(s["p99_ms"], 3), fmt(s["p999_ms"], 3), fmt(s["cpu_us_per_req"], 1),
                      fmt(s["user_us_per_req"], 1), fmt(s["sys_us_per_req"], 1),
                      fmt(s["peak_rss_mib"], 1), fmt(pr.get("idle_rss_mib"), 1), str(s["errors"]),
@@ -876,23 +1119,27 @@ def ratios(res):
         return {}
     s = p[SIDECAR]["summary"]
     out = {}
-    for other in (HAPROXY, NGINX, BASELINE):
+    for other in (SIDECAR_GET, HAPROXY, NGINX, BASELINE):
         if other in p:
             o = p[other]["summary"]
             # Round i of each proxy ran back to back with the others' round i: the ratio within
             # a round is free of the machine's drift between rounds.
             paired = [a["rps"] / b["rps"] for a, b in zip(p[SIDECAR]["rounds"], p[other]["rounds"])
                       if b["rps"]]
-            out[f"sidecar/{other}"] = dict(
+            key = f"sidecar/{REFERENCE_NAMES.get(other, other)}"
+            out[key] = dict(
                 rps=s["rps"] / o["rps"] if o["rps"] else float("nan"),
                 rps_rounds=paired,
                 p99=s["p99_ms"] / o["p99_ms"] if o["p99_ms"] else float("nan"),
                 cpu_per_req=(s["cpu_us_per_req"] / o["cpu_us_per_req"]
                              if o["cpu_us_per_req"] else float("nan")),
             )
+            if other in REFERENCE_NAMES:
+                # the same build without the feature: what the feature adds, in µs per request
+                out[key]["cpu_us_added"] = s["cpu_us_per_req"] - o["cpu_us_per_req"]
             verdict = paired_verdict(paired)
             if verdict:
-                out[f"sidecar/{other}"]["rps_paired"] = verdict
+                out[key]["rps_paired"] = verdict
     return out
 
 
@@ -920,6 +1167,14 @@ def paired_verdict(ratios):
     return dict(mean=math.exp(mean), lo=lo, hi=hi, verdict=verdict)
 
 
+def cpu_added(ratio, us):
+    """" (+1.2 us)": the CPU time per request a variant's feature adds (against the same build
+    without it), or "" for a ratio with another proxy."""
+    if "cpu_us_added" not in ratio:
+        return ""
+    return f" ({ratio['cpu_us_added']:+.1f} {us})"
+
+
 def per_round(ratio, times):
     """The req/s ratio round by round: its range, in how many rounds token-sidecar was ahead, and
     what the rounds together say (`paired_verdict`)."""
@@ -937,16 +1192,25 @@ def per_round(ratio, times):
 
 
 VERDICT_WORDS = {"ahead": "ahead of", "behind": "behind", "level": "level with"}
+# against the same build without the feature (a `reference` variant)
+REFERENCE_WORDS = {"ahead": "faster", "behind": "slower", "level": "level"}
 
 
 def verdicts(results):
-    """One line per variant: token-sidecar against each proxy, as the paired rounds judge it."""
+    """One line per variant: token-sidecar against each proxy, as the paired rounds judge it;
+    against the same build without the variant's feature, as a share of its req/s
+    ("x0.97 of get (level, x0.93-1.02)")."""
     lines = []
     for name, res in results.items():
         parts = []
         for k, v in res.get("ratios", {}).items():
             p = v.get("rps_paired")
             other = k.split("/", 1)[1]
+            if other in REFERENCE_NAMES.values():
+                parts.append(f"x{p['mean']:.2f} of {other} ({REFERENCE_WORDS[p['verdict']]}, "
+                             f"x{p['lo']:.2f}-{p['hi']:.2f})" if p else
+                             f"x{v['rps']:.2f} of {other} (too few rounds to judge)")
+                continue
             parts.append(f"{VERDICT_WORDS[p['verdict']]} {other} (x{p['lo']:.2f}-{p['hi']:.2f})"
                          if p else f"{other}: too few rounds to judge")
         if parts:
@@ -974,7 +1238,7 @@ def markdown(info, settings, results):
         for kind, pr in res["proxies"].items():
             s = pr["summary"]
             spread = (s["rps_max"] - s["rps_min"]) / s["rps"] * 50 if s["rps"] else float("nan")
-            out.append(f"| {kind} | {fmt(s['rps'], 0)} | ±{spread:.0f}% | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
+            out.append(f"| {proxy_label(kind, res)} | {fmt(s['rps'], 0)} | ±{spread:.0f}% | {fmt(s['p50_ms'], 2)} | {fmt(s['p99_ms'], 2)} "
                        f"| {fmt(s['p999_ms'], 2)} | {fmt(s['cpu_us_per_req'], 1)} "
                        f"| {fmt(s['user_us_per_req'], 1)} | {fmt(s['sys_us_per_req'], 1)} "
                        f"| {fmt(s['peak_rss_mib'], 1)} | {fmt(pr.get('idle_rss_mib'), 1)} | {s['errors']} |")
@@ -982,7 +1246,18 @@ def markdown(info, settings, results):
             out.append("")
             out.append("; ".join(f"{k}: req/s ×{v['rps']:.2f} ({per_round(v, '×')}), "
                                  f"p99 ×{v['p99']:.2f}, CPU/req ×{v['cpu_per_req']:.2f}"
+                                 f"{cpu_added(v, 'µs')}"
                                  for k, v in res["ratios"].items()))
+        if res["extra"].get("rate_limit"):
+            out.append("")
+            line = "; ".join(rate_limit_line(proxy_label(k, res), x)
+                             for k, x in res["extra"]["rate_limit"].items())
+            out.append(line[0].upper() + line[1:] + ".")
+        redis = redis_cpu(res)
+        if redis:
+            out.append("")
+            out.append("redis-server CPU per request: " + ", ".join(
+                f"{proxy_label(k, res)} {v:.1f} µs" for k, v in redis.items()) + ".")
         busiest = max(pr["summary"]["other_cpu_pct_max"] for pr in res["proxies"].values())
         out.append("")
         out.append(f"Processes outside the benchmark used at most {busiest:.0f}% of a core during "
@@ -1056,15 +1331,30 @@ def machine_info(sidecar_src, sidecar_bin):
 
 # --------------------------------------------------------------------------------------------
 
-def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None):
-    variant = dict(variant, name=name)
-    kinds = [k for k in variant.get("proxies", PROXIES) if k in args.proxies]
-    if variant.get("direct_baseline") and not args.no_baseline:
+def variant_kinds(variant, selected, direct=True):
+    """The proxies a variant measures, in slot order: those of `selected` (--proxies) it
+    supports; right after token-sidecar, the same build with the `get` configuration when the
+    variant is measured against it (`reference`); the upstream without a proxy when it has that
+    row (`direct_baseline`) and `direct`."""
+    kinds = [k for k in variant.get("proxies", PROXIES) if k in selected]
+    if variant.get("reference") and SIDECAR in kinds:
+        kinds.insert(kinds.index(SIDECAR) + 1, SIDECAR_GET)
+    if variant.get("direct_baseline") and direct:
         kinds.append(DIRECT)
+    return kinds
+
+
+def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None,
+                reference_bin=None):
+    """`reference_bin`: the build the `reference` slot runs (default `sidecar_bin`; the build
+    under test also when the two builds swap slots)."""
+    variant = dict(variant, name=name)
+    kinds = variant_kinds(variant, args.proxies, direct=not args.no_baseline)
     if not kinds:
         return None
     log(f"\n=== {name}: {variant['desc']}")
     rotator = None
+    redis = None
     proxies = {}
     extra = {}
     try:
@@ -1072,9 +1362,13 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None
         if variant.get("rotate"):
             token_file = Path(d) / "token"
             rotator = Rotator(token_file)
+        if variant.get("rate_limit") == "shared":
+            redis = Redis(d, f"redis-{name}")
+            log(f"  redis-server on 127.0.0.1:{redis.port}")
         for kind in kinds:
             proxies[kind] = Proxy(kind, d, upstream, variant, sidecar_bin=sidecar_bin,
-                                  token_file=token_file, baseline_bin=baseline_bin)
+                                  token_file=token_file, baseline_bin=baseline_bin,
+                                  reference_bin=reference_bin, redis=redis)
         # the header is injected by each one
         for kind, p in proxies.items():
             check_injection(p, variant, expected_token=rotator.current if rotator else "abc")
@@ -1083,14 +1377,17 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None
         idle = {k: rss_kib(p.pids()) / 1024 for k, p in proxies.items() if k != DIRECT}
         if rotator:
             rotator.start()
+        if any(p.rate_limit for p in proxies.values()):
+            log("  rate rule check: " + ", ".join(f"{k} {p.rate_limit} ok"
+                                                  for k, p in proxies.items() if p.rate_limit))
         # warm-up, interleaved
         for kind, p in proxies.items():
-            measure(p, variant, args.warmup, d, upstream)
+            measure(p, variant, args.warmup, d, upstream, redis=redis)
         results = {k: [] for k in proxies}
         discarded = {k: [] for k in proxies}   # rounds repeated because the machine was busy
         rot_rounds = []
         all_pids = sorted({pid for p in proxies.values() for pid in p.pids()}
-                          | set(upstream.server.pids()))
+                          | set(upstream.server.pids()) | set(redis.pids() if redis else []))
         rnd, retries = 0, 0
         while rnd < args.rounds:
             if args.max_other_cpu is not None:
@@ -1104,7 +1401,7 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None
                 time.sleep(0.5)   # let the previous run's connections close, logs flush
                 off = log_size(upstream.tokens_log) if rotator else 0
                 w0 = rotator.n if rotator else 0
-                r = measure(p, variant, args.duration, d, upstream)
+                r = measure(p, variant, args.duration, d, upstream, redis=redis)
                 if rotator:
                     time.sleep(0.3)   # let the upstream flush its token log
                     seen, n_up, _ = tokens_seen(upstream.tokens_log, off)
@@ -1123,14 +1420,16 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None
                                        unknown_tokens_upstream=len(seen - written),
                                        upstream_requests_logged=n_up)
                 this_round[kind] = r
-                log(f"  round {rnd + 1}/{args.rounds} {kind:16s} {r['rps']:>10,.0f} req/s  "
+                log(f"  round {rnd + 1}/{args.rounds} {kind:17s} {r['rps']:>10,.0f} req/s  "
                     f"p99 {r['p99_ms']:7.3f} ms  cpu {r['cpu_us_per_req']:6.1f} us/req "
                     f"({r['user_us_per_req']:.1f} user)  "
                     f"rss {r['peak_rss_mib']:6.1f} MiB  errors {r['errors']}  "
                     f"other {r['other_cpu_pct']:3.0f}%"
                     + (f"  steal {r['steal_pct']:.0f}%" if r["steal_pct"] >= 1 else "")
                     + (f"  tokens {r['rotate']['distinct_tokens_upstream']}"
-                       f"/{r['rotate']['tokens_written']}" if 'rotate' in r else ""))
+                       f"/{r['rotate']['tokens_written']}" if 'rotate' in r else "")
+                    + (f"  redis {r['redis_cpu_us_per_req']:.1f} us/req"
+                       if 'redis_cpu_us_per_req' in r else ""))
             busiest = max(r["other_cpu_pct"] for r in this_round.values())
             if (args.max_other_cpu is not None and busiest > args.max_other_cpu
                     and retries < args.max_retries):
@@ -1148,6 +1447,14 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None
         for kind, p in proxies.items():
             if not p.server.alive():
                 die(f"{kind} died during the {name} runs:\n{p.server.log_tail()}")
+        if redis and not redis.server.alive():
+            die(f"redis-server died during the {name} runs:\n{redis.server.log_tail()}")
+        for kind, p in proxies.items():
+            if p.rate_limit:
+                # every request of the warm-up and the rounds (and the header check)
+                stats = rate_limit_stats(p.admin("/metrics"), shared=p.rate_limit == "shared")
+                extra.setdefault("rate_limit", {})[kind] = stats
+                log(f"  {rate_limit_line(kind, stats)}")
         if rotator:
             extra["rotate"] = dict(
                 tokens_written=sum(x["tokens_written"] for x in rot_rounds),
@@ -1161,12 +1468,55 @@ def run_variant(name, variant, args, d, upstream, sidecar_bin, baseline_bin=None
             rotator.stop()
         for p in proxies.values():
             p.stop()
+        if redis:
+            redis.stop()
     res = dict(desc=variant["desc"], proxies={}, extra=extra)
+    labels = {k: v for k, v in variant.get("labels", {}).items() if k in kinds}
+    if labels:
+        res["labels"] = labels
     for kind in kinds:
         res["proxies"][kind] = dict(rounds=results[kind], summary=summarize(results[kind]),
                                     idle_rss_mib=idle.get(kind), discarded_rounds=discarded[kind])
     res["ratios"] = ratios(res)
     return res
+
+
+def find_problems(info, results, variants=VARIANTS):
+    """What the run's numbers should be read with, and which of those fail it (exit status 1):
+    `(problems, fatal)`. Fatal: every problem of `rotate`; in a `strict` variant, any error or
+    non-2xx and every problem of its rate decisions (`rate_limit_problems`). A busy machine
+    or a stale binary is reported, not fatal, elsewhere."""
+    problems, fatal = [], []
+
+    def add(text, is_fatal=False):
+        problems.append(text)
+        if is_fatal:
+            fatal.append(text)
+
+    if info.get("token_sidecar_older_than"):
+        add(f"the token-sidecar binary is older than the sources "
+            f"({few(info['token_sidecar_older_than'])}): it may not be this tree's build")
+    for name, res in results.items():
+        rotate = name == "rotate"
+        strict = variants.get(name, {}).get("strict", False)
+        for kind, pr in res["proxies"].items():
+            errs = pr["summary"]["errors"] + sum(r["errors"] for r in pr["discarded_rounds"])
+            if errs:
+                add(f"{name}/{kind}: {errs} errors or non-2xx", rotate or strict)
+            if pr["summary"]["other_cpu_pct_max"] > 25:
+                add(f"{name}/{kind}: other processes used up to "
+                    f"{pr['summary']['other_cpu_pct_max']:.0f}% of a core "
+                    f"(numbers skewed; see --max-other-cpu)", rotate)
+        for kind, stats in res["extra"].get("rate_limit", {}).items():
+            for text in rate_limit_problems(name, kind, stats):
+                add(text, True)
+        x = res["extra"].get("rotate")
+        if x and x["unknown_tokens_upstream"]:
+            add(f"{name}: {x['unknown_tokens_upstream']} unexpected tokens upstream", rotate)
+        if x and x["expected_missing"]:
+            add(f"{name}: {x['expected_missing']} tokens written to the file never "
+                f"reached the upstream (the proxy kept an old token)", rotate)
+    return problems, fatal
 
 
 def merge_swapped(res, swapped):
@@ -1177,11 +1527,22 @@ def merge_swapped(res, swapped):
     (new in slot 2, old in slot 1), each measured back to back, so a slot's advantage enters
     the paired ratios once each way and cancels in their geometric mean."""
     out = dict(res, proxies=dict(res["proxies"]))
-    for kind, other in ((SIDECAR, BASELINE), (BASELINE, SIDECAR)):
+    pairs = [(SIDECAR, BASELINE), (BASELINE, SIDECAR)]
+    # The reference slot (SIDECAR_GET) runs the build under test in both runs: its round i
+    # was measured next to that build's round i in either.
+    if SIDECAR_GET in res["proxies"] and SIDECAR_GET in swapped["proxies"]:
+        pairs.append((SIDECAR_GET, SIDECAR_GET))
+    for kind, other in pairs:
         mine, theirs = res["proxies"][kind], swapped["proxies"][other]
         rounds = mine["rounds"] + theirs["rounds"]
         out["proxies"][kind] = dict(mine, rounds=rounds, summary=summarize(rounds),
                                     discarded_rounds=mine["discarded_rounds"] + theirs["discarded_rounds"])
+    mine = res.get("extra", {}).get("rate_limit")
+    theirs = swapped.get("extra", {}).get("rate_limit")
+    if mine and theirs:
+        out["extra"] = dict(res["extra"], rate_limit={
+            kind: {k: v + theirs[other][k] for k, v in mine[kind].items()}
+            for kind, other in pairs[:2] if kind in mine and other in theirs})
     out["ratios"] = ratios(out)
     out["swapped"] = True
     return out
@@ -1192,7 +1553,13 @@ def print_variant(name, res):
     log(table(name, res))
     for k, v in res["ratios"].items():
         log(f"  {k}: req/s x{v['rps']:.2f} ({per_round(v, 'x')}), p99 x{v['p99']:.2f}, "
-            f"CPU/req x{v['cpu_per_req']:.2f}")
+            f"CPU/req x{v['cpu_per_req']:.2f}{cpu_added(v, 'us')}")
+    for kind, stats in res["extra"].get("rate_limit", {}).items():
+        log(f"  {rate_limit_line(proxy_label(kind, res), stats)}")
+    redis = redis_cpu(res)
+    if redis:
+        log(f"  redis-server CPU per request: " + ", ".join(
+            f"{proxy_label(k, res)} {v:.1f} us" for k, v in redis.items()))
     if "rotate" in res["extra"]:
         x = res["extra"]["rotate"]
         log(f"  rotation: {x['tokens_written']} tokens written, {x['distinct_tokens_upstream']} "
@@ -1255,7 +1622,7 @@ def main():
     os.chmod(d, 0o755)   # nginx workers may run as another user
     status = 0
     try:
-        ensure_tools()
+        ensure_tools(required_tools(args.variants))
         nofile = raise_nofile()
         if "c1000" in args.variants and nofile < 4500:
             log(f"warning: ulimit -n is {nofile}; the c1000 variant needs about 4,500 descriptors")
@@ -1298,7 +1665,7 @@ def main():
                 # about 5 % faster): each build runs in each slot, and the rounds are pooled.
                 log(f"\n=== {name}: again with the two builds in each other's slot")
                 swapped = run_variant(name, VARIANTS[name], args, d, upstream, baseline_bin,
-                                      sidecar_bin)
+                                      sidecar_bin, reference_bin=sidecar_bin)
                 res = merge_swapped(res, swapped)
             if res is None:
                 continue
@@ -1323,30 +1690,12 @@ def main():
         log(f"load average: start {info['loadavg_start']}, end {info['loadavg_end']}; "
             f"wall {info['wall_seconds']:.0f}s")
 
-        problems = []
-        if info.get("token_sidecar_older_than"):
-            problems.append(f"the token-sidecar binary is older than the sources "
-                            f"({few(info['token_sidecar_older_than'])}): it may not be "
-                            f"this tree's build")
-        for name, res in results.items():
-            for kind, pr in res["proxies"].items():
-                errs = pr["summary"]["errors"] + sum(r["errors"] for r in pr["discarded_rounds"])
-                if errs:
-                    problems.append(f"{name}/{kind}: {errs} errors or non-2xx")
-                if pr["summary"]["other_cpu_pct_max"] > 25:
-                    problems.append(f"{name}/{kind}: other processes used up to "
-                                    f"{pr['summary']['other_cpu_pct_max']:.0f}% of a core "
-                                    f"(numbers skewed; see --max-other-cpu)")
-            x = res["extra"].get("rotate")
-            if x and x["unknown_tokens_upstream"]:
-                problems.append(f"{name}: {x['unknown_tokens_upstream']} unexpected tokens upstream")
-            if x and x["expected_missing"]:
-                problems.append(f"{name}: {x['expected_missing']} tokens written to the file never "
-                                f"reached the upstream (the proxy kept an old token)")
+        problems, fatal = find_problems(info, results)
         if problems:
             log("\nPROBLEMS:\n  " + "\n  ".join(problems))
-            if any(p.startswith("rotate") for p in problems):
-                status = 1
+        if fatal:
+            log(f"\nFAILED: {len(fatal)} of these problems fail the run (exit status 1)")
+            status = 1
 
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
