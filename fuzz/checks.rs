@@ -313,7 +313,7 @@ pub fn check_config_file(data: &[u8]) {
 
     let confined = !text.contains(MARKER) && marker_confined(&text);
     let mut errors = Vec::new();
-    let raw = file::parse(&text, &fuzz_env, &mut errors);
+    let raw = file::parse("fuzz.toml", &text, &fuzz_env, &mut errors);
     if confined {
         for e in &errors {
             assert!(!e.contains(MARKER), "a parse error shows a secret: {e}");

@@ -269,6 +269,8 @@ async fn a_stale_holders_write_is_fenced_off() {
     let redis = Redis::start();
     let cfg = SharedConfig {
         redis_url: Secret::new(redis.url()),
+        topology: token_sidecar::token::shared::Topology::Single,
+        tls: Default::default(),
         key_prefix: "test".into(),
         seal_keys: None,
     };

@@ -235,6 +235,24 @@ pub struct Flags {
     /// `--redis-url-file`: [`shared::REDIS_URL_FILE`].
     #[arg(long, env = shared::REDIS_URL_FILE.env, value_name = shared::REDIS_URL_FILE.value, help = shared::REDIS_URL_FILE.help())]
     pub redis_url_file: Option<PathBuf>,
+    /// `--redis-ca-file`: [`shared::REDIS_CA_FILE`].
+    #[arg(long, env = shared::REDIS_CA_FILE.env, value_name = shared::REDIS_CA_FILE.value, help = shared::REDIS_CA_FILE.help())]
+    pub redis_ca_file: Option<PathBuf>,
+    /// `--redis-client-cert-file`: [`shared::REDIS_CLIENT_CERT_FILE`].
+    #[arg(long, env = shared::REDIS_CLIENT_CERT_FILE.env, value_name = shared::REDIS_CLIENT_CERT_FILE.value, help = shared::REDIS_CLIENT_CERT_FILE.help())]
+    pub redis_client_cert_file: Option<PathBuf>,
+    /// `--redis-client-key-file`: [`shared::REDIS_CLIENT_KEY_FILE`].
+    #[arg(long, env = shared::REDIS_CLIENT_KEY_FILE.env, value_name = shared::REDIS_CLIENT_KEY_FILE.value, help = shared::REDIS_CLIENT_KEY_FILE.help())]
+    pub redis_client_key_file: Option<PathBuf>,
+    /// `--redis-sentinels`: [`shared::REDIS_SENTINELS`].
+    #[arg(long, env = shared::REDIS_SENTINELS.env, value_name = shared::REDIS_SENTINELS.value, help = shared::REDIS_SENTINELS.help(), value_delimiter = ',')]
+    pub redis_sentinels: Vec<String>,
+    /// `--redis-sentinel-master`: [`shared::REDIS_SENTINEL_MASTER`].
+    #[arg(long, env = shared::REDIS_SENTINEL_MASTER.env, value_name = shared::REDIS_SENTINEL_MASTER.value, help = shared::REDIS_SENTINEL_MASTER.help())]
+    pub redis_sentinel_master: Option<String>,
+    /// `--redis-cluster-nodes`: [`shared::REDIS_CLUSTER_NODES`].
+    #[arg(long, env = shared::REDIS_CLUSTER_NODES.env, value_name = shared::REDIS_CLUSTER_NODES.value, help = shared::REDIS_CLUSTER_NODES.help(), value_delimiter = ',')]
+    pub redis_cluster_nodes: Vec<String>,
     /// `--shared-key-file`: [`shared::SHARED_KEY_FILE`].
     #[arg(long, env = shared::SHARED_KEY_FILE.env, value_name = shared::SHARED_KEY_FILE.value, help = shared::SHARED_KEY_FILE.help())]
     pub shared_key_file: Option<PathBuf>,

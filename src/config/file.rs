@@ -35,6 +35,12 @@ pub struct RawShared {
     pub redis_url_file: Option<String>,
     pub shared_key_file: Option<String>,
     pub key_prefix: Option<String>,
+    pub redis_ca_file: Option<String>,
+    pub redis_client_cert_file: Option<String>,
+    pub redis_client_key_file: Option<String>,
+    pub redis_sentinels: Option<OneOrMany>,
+    pub redis_sentinel_master: Option<String>,
+    pub redis_cluster_nodes: Option<OneOrMany>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -112,6 +112,15 @@ impl Warning {
         }
     }
 
+    /// The Redis client certificate expires within 7 days.
+    pub fn redis_cert_expires_soon(option: String, expires: String) -> Self {
+        Warning {
+            option: Some(option),
+            expires: Some(expires),
+            ..Warning::new("the client certificate expires within 7 days (or has expired)")
+        }
+    }
+
     /// A client assertion or subject token file whose JWT has expired.
     pub fn credential_expired(token: &str, option: String, expires: String) -> Self {
         Warning {

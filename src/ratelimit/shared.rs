@@ -18,15 +18,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::limits::{normalize_group, Origin, RouteLimits, MAX_BLOCKS, WHOLE_ROUTE};
 use super::rate::{Rate, SHARED_WINDOW_SCRIPT};
 use crate::metrics::Metrics;
 use crate::token::shared::seal::SealKeys;
-use crate::token::shared::SharedConfig;
+use crate::token::shared::{Conn, Connector, SharedConfig};
 
 /// The longest a rate decision waits for Redis: past it, the local window decides.
 const RATE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -51,8 +49,8 @@ return 1
 
 /// One route's view of the shared limits.
 pub struct SharedLimits {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    connector: Connector,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     route: String,
     token: String,
     base: String,
@@ -89,11 +87,11 @@ impl SharedLimits {
         route: &str,
         metrics: Metrics,
     ) -> Result<Self, String> {
-        let client = redis::Client::open(cfg.redis_url.expose())
-            .map_err(|e| format!("invalid redis URL ({:?})", e.kind()))?;
+        let connector =
+            Connector::new(&cfg.redis_url, &cfg.topology, &cfg.tls).map_err(|e| e.to_string())?;
         let base = format!("{}:{{{token}}}:rl:{route}", cfg.key_prefix);
         Ok(SharedLimits {
-            client,
+            connector,
             conn: tokio::sync::Mutex::new(None),
             route: route.to_owned(),
             token: token.to_owned(),
@@ -150,18 +148,12 @@ impl SharedLimits {
         }
     }
 
-    async fn conn(&self) -> Result<MultiplexedConnection, redis::RedisError> {
+    async fn conn(&self) -> Result<Conn, redis::RedisError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(OP_TIMEOUT))
-            .set_response_timeout(Some(OP_TIMEOUT));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let c = self.connector.connect(OP_TIMEOUT).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -170,7 +162,7 @@ impl SharedLimits {
     /// connection.
     async fn op<T, F, Fut>(&self, name: &str, timeout: Duration, f: F) -> Option<T>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let result = tokio::time::timeout(timeout, async {
@@ -299,7 +291,7 @@ impl SharedLimits {
         let mut backoff = Duration::from_millis(200);
         loop {
             let subscribed = tokio::time::timeout(OP_TIMEOUT, async {
-                let mut ps = self.client.get_async_pubsub().await?;
+                let mut ps = self.connector.pubsub().await?;
                 ps.subscribe(&self.blocks_key).await?;
                 Ok::<_, redis::RedisError>(ps)
             })

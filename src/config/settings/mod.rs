@@ -289,11 +289,75 @@ pub mod shared {
         default: NoDefault,
         help: "File holding the key that seals shared-store entries: 32 random bytes, raw or base64 (one key per line; the first seals)",
     };
+    /// `--redis-ca-file` / `shared.redis_ca_file`.
+    pub const REDIS_CA_FILE: Setting<NoDefault> = Setting {
+        flag: "redis-ca-file",
+        env: "TOKEN_SIDECAR_REDIS_CA_FILE",
+        key: "redis_ca_file",
+        value: "FILE",
+        default: NoDefault,
+        help: "PEM CA certificates trusted for rediss:// instead of the system's",
+    };
+    /// `--redis-client-cert-file` / `shared.redis_client_cert_file`.
+    pub const REDIS_CLIENT_CERT_FILE: Setting<NoDefault> = Setting {
+        flag: "redis-client-cert-file",
+        env: "TOKEN_SIDECAR_REDIS_CLIENT_CERT_FILE",
+        key: "redis_client_cert_file",
+        value: "FILE",
+        default: NoDefault,
+        help: "PEM client certificate for a Redis that asks for one (rediss://)",
+    };
+    /// `--redis-client-key-file` / `shared.redis_client_key_file`.
+    pub const REDIS_CLIENT_KEY_FILE: Setting<NoDefault> = Setting {
+        flag: "redis-client-key-file",
+        env: "TOKEN_SIDECAR_REDIS_CLIENT_KEY_FILE",
+        key: "redis_client_key_file",
+        value: "FILE",
+        default: NoDefault,
+        help: "PEM private key of --redis-client-cert-file",
+    };
+    /// `--redis-sentinels` (repeatable) / `shared.redis_sentinels`.
+    pub const REDIS_SENTINELS: Setting<NoDefault> = Setting {
+        flag: "redis-sentinels",
+        env: "TOKEN_SIDECAR_REDIS_SENTINELS",
+        key: "redis_sentinels",
+        value: "HOST:PORT",
+        default: NoDefault,
+        help: "Sentinels that name the Redis primary, with --redis-sentinel-master (comma-separated or repeated); the URL then gives only scheme, user, password and database",
+    };
+    /// `--redis-sentinel-master` / `shared.redis_sentinel_master`.
+    pub const REDIS_SENTINEL_MASTER: Setting<NoDefault> = Setting {
+        flag: "redis-sentinel-master",
+        env: "TOKEN_SIDECAR_REDIS_SENTINEL_MASTER",
+        key: "redis_sentinel_master",
+        value: "NAME",
+        default: NoDefault,
+        help: "The name the sentinels monitor the primary under",
+    };
+    /// `--redis-cluster-nodes` (repeatable) / `shared.redis_cluster_nodes`.
+    pub const REDIS_CLUSTER_NODES: Setting<NoDefault> = Setting {
+        flag: "redis-cluster-nodes",
+        env: "TOKEN_SIDECAR_REDIS_CLUSTER_NODES",
+        key: "redis_cluster_nodes",
+        value: "HOST:PORT",
+        default: NoDefault,
+        help: "Nodes of a Redis Cluster to start from (comma-separated or repeated); the URL then gives only scheme, user, password and database",
+    };
     /// `shared.key_prefix` (file only): the prefix of the Redis keys written.
     pub const DEFAULT_KEY_PREFIX: &str = "token-sidecar";
 
     /// Every setting of this table.
-    pub const ALL: &[&dyn AnySetting] = &[&REDIS_URL, &REDIS_URL_FILE, &SHARED_KEY_FILE];
+    pub const ALL: &[&dyn AnySetting] = &[
+        &REDIS_URL,
+        &REDIS_URL_FILE,
+        &SHARED_KEY_FILE,
+        &REDIS_CA_FILE,
+        &REDIS_CLIENT_CERT_FILE,
+        &REDIS_CLIENT_KEY_FILE,
+        &REDIS_SENTINELS,
+        &REDIS_SENTINEL_MASTER,
+        &REDIS_CLUSTER_NODES,
+    ];
 }
 
 /// How long before a client certificate expires `check` and the start-up log warn about it.

@@ -26,10 +26,12 @@
 //! whoever wrote it. Without a key the entries hold the tokens in clear: Redis must then be
 //! protected like any secret store (AUTH, TLS with `rediss://`, a network policy).
 
+pub mod connect;
 mod redis;
 mod scripts;
 pub mod seal;
 
+pub use connect::{Conn, Connector, RedisTls, Topology};
 pub use redis::{replica_name, SharedStore};
 
 use std::future::Future;
@@ -62,8 +64,13 @@ impl From<::redis::RedisError> for SharedError {
 /// Where and how replicas share their token sets (`[shared]` of the configuration).
 #[derive(Debug, Clone)]
 pub struct SharedConfig {
-    /// Redis URL (may carry a password, so it is a secret).
+    /// Redis URL (may carry a password, so it is a secret). With Sentinel or Cluster, its
+    /// scheme, user, password and database only.
     pub redis_url: crate::secret::Secret,
+    /// One server, Sentinel or Cluster.
+    pub topology: Topology,
+    /// A private CA and a client certificate for `rediss://`.
+    pub tls: RedisTls,
     /// Prefix of the keys written.
     pub key_prefix: String,
     /// Keys that seal the entries written to Redis (`--shared-key-file`).

@@ -8,8 +8,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use super::connect::{Conn, Connector};
 
 use super::scripts::{
     BUDGET_SCRIPT, EXTEND_SCRIPT, HOLD_SCRIPT, LUA_VERSIONS, READ_SCRIPT, UNLOCK_SCRIPT,
@@ -102,8 +101,8 @@ impl SharedBackend for SharedStore {
 
 /// One profile's view of the shared store.
 pub struct SharedStore {
-    client: redis::Client,
-    conn: tokio::sync::Mutex<Option<MultiplexedConnection>>,
+    connector: Connector,
+    conn: tokio::sync::Mutex<Option<Conn>>,
     token: String,
     /// The configuration a set must belong to (token URL, client, grant).
     profile_key: String,
@@ -173,8 +172,7 @@ impl SharedStore {
         lock_ttl: Duration,
         metrics: Metrics,
     ) -> Result<Self, SharedError> {
-        let client = redis::Client::open(cfg.redis_url.expose())
-            .map_err(|e| SharedError(format!("invalid redis URL ({:?})", e.kind())))?;
+        let connector = Connector::new(&cfg.redis_url, &cfg.topology, &cfg.tls)?;
         let replica = replica_name();
         let owner = format!(
             "{replica}/{}/{:016x}",
@@ -183,7 +181,7 @@ impl SharedStore {
         );
         let key = format!("{}:{{{token}}}", cfg.key_prefix);
         Ok(SharedStore {
-            client,
+            connector,
             conn: tokio::sync::Mutex::new(None),
             token: token.to_owned(),
             profile_key: profile_key.to_owned(),
@@ -231,18 +229,12 @@ impl SharedStore {
             .inc();
     }
 
-    async fn conn(&self) -> Result<MultiplexedConnection, SharedError> {
+    async fn conn(&self) -> Result<Conn, SharedError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
             return Ok(c.clone());
         }
-        let cfg = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.op_timeout))
-            .set_response_timeout(Some(self.op_timeout));
-        let c = self
-            .client
-            .get_multiplexed_async_connection_with_config(&cfg)
-            .await?;
+        let c = self.connector.connect(self.op_timeout).await?;
         *guard = Some(c.clone());
         Ok(c)
     }
@@ -251,7 +243,7 @@ impl SharedStore {
     /// operation reconnects.
     async fn op<T, F, Fut>(&self, name: &str, f: F) -> Result<T, SharedError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
         let result = async {
@@ -630,7 +622,7 @@ impl SharedStore {
     /// A subscription to update notifications.
     pub async fn subscribe(&self) -> Result<redis::aio::PubSub, SharedError> {
         let fut = async {
-            let mut ps = self.client.get_async_pubsub().await?;
+            let mut ps = self.connector.pubsub().await?;
             ps.subscribe(&self.channel).await?;
             Ok::<_, redis::RedisError>(ps)
         };
