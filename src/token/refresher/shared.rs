@@ -20,6 +20,11 @@ use crate::token::{unix_seconds, Outcome, Trigger};
 /// Reads of the shared store prompted by notifications are at least this far apart.
 const NOTIFIED_READ_GAP: Duration = Duration::from_millis(100);
 
+/// How often a subscribed replica reads the store anyway: a notification missed without the
+/// subscription breaking is caught within this (reads grow linearly with replicas: about 6 a
+/// minute each, plus one per new set).
+pub(super) const SUBSCRIBED_READ_INTERVAL: Duration = Duration::from_secs(10);
+
 impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
     /// Adopts a set read from the shared store (already checked by the store: sealed when a
     /// key is configured, well-formed, of this configuration), counting it as a `shared`
@@ -283,8 +288,9 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         Err(e.into())
     }
 
-    /// Shared mode: adopts sets other replicas write, on notification and every second as a
-    /// fallback, and retries writes that failed while Redis was away.
+    /// Shared mode: adopts sets other replicas write, on notification, and reads the store
+    /// every [`SUBSCRIBED_READ_INTERVAL`] as a safety net (every second while it is not
+    /// subscribed); retries writes that failed while Redis was away.
     pub(super) async fn follow_shared(self: Arc<Self>, cancel: CancellationToken) {
         let Some(shared) = self.shared.as_ref() else {
             return;
@@ -317,6 +323,9 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
                 _ = tick.tick() => {
                     if subscription.is_none() {
                         subscription = shared.subscribe().await.ok();
+                    } else if last_read.elapsed() < SUBSCRIBED_READ_INTERVAL {
+                        // Subscribed: notifications bring new sets; the read is a safety net.
+                        continue;
                     }
                 }
             }

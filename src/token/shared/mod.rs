@@ -20,7 +20,7 @@
 //! - A 401-triggered refresh is allowed once per `--min-refresh-interval` for all replicas:
 //!   `…:unauthorized`, set with `NX PX`.
 //! - Each write is announced on the channel `…:updates`; replicas also read the set every
-//!   second in case a notification was missed.
+//!   10 s in case a notification was missed (every second while unsubscribed).
 //!
 //! Everything read from Redis is untrusted input, bounded in size and checked before use,
 //! whoever wrote it. Without a key the entries hold the tokens in clear: Redis must then be
