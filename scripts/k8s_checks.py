@@ -84,6 +84,10 @@ NEGATIVE = {
 }
 
 SIDECAR = "token-sidecar"
+ROOT = Path(__file__).resolve().parent.parent
+# Where the release workflow publishes the image (.github/workflows/release.yml); every
+# rendering runs it with the chart's appVersion as its tag (kustomize: deploy/base's newTag).
+PUBLISHED_IMAGE = "ghcr.io/token-sidecar/token-sidecar"
 ADMIN_PORT = 9090
 CONFIG_PATH = "/etc/token-sidecar/config.toml"
 UID = 65532
@@ -233,6 +237,12 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
         return
     app_containers = pod.get("containers") or []
     ck.check(f"{p} an app container runs beside the sidecar", len(app_containers) >= 1)
+
+    # The published image, tagged with the release.
+    app_version = yaml.safe_load((ROOT / "charts/token-sidecar/Chart.yaml").read_text())["appVersion"]
+    want_image = f"{PUBLISHED_IMAGE}:{app_version}"
+    ck.check(f"{p} sidecar image is {want_image} (the published image, the chart's appVersion)",
+             c.get("image") == want_image, str(c.get("image")))
 
     # Admin port and probes.
     ck.check(f"{p} admin port {ADMIN_PORT} is a named container port (metrics/admin)",

@@ -47,6 +47,11 @@ echo "== the release binary's dependencies"
 echo "== Kubernetes manifests and Helm chart"
 ./scripts/k8s-validate.sh
 
+# .github/workflows/: jactionlint (actionlint's checks, shellcheck on the scripts), yamllint,
+# and what ci.yml and release.yml must keep doing (ci.yml runs this very script).
+echo "== GitHub Actions workflows"
+./scripts/check-workflows.sh
+
 # The benchmark harness's own logic (the benchmark itself is `python3 bench/run.py`).
 echo "== benchmark harness"
 python3 -m unittest discover -s bench -p 'test_*.py'
