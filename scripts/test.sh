@@ -43,6 +43,11 @@ echo "== the release binary's dependencies"
 echo "== Kubernetes manifests and Helm chart"
 ./scripts/k8s-validate.sh
 
+# The alerting rules and the Grafana dashboard of deploy/monitoring (promtool: installed from
+# Debian's prometheus package when missing; tests/monitoring.rs above checked their metrics).
+echo "== monitoring: alerting rules and dashboard"
+./scripts/monitoring-validate.sh
+
 # The benchmark harness's own logic (the benchmark itself is `python3 bench/run.py`).
 echo "== benchmark harness"
 python3 -m unittest discover -s bench -p 'test_*.py'
