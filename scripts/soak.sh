@@ -24,7 +24,8 @@ log="$(mktemp "${TMPDIR:-/tmp}/token-sidecar-soak.XXXXXX")"
 trap 'rm -f "$log"' EXIT
 
 echo "== soak: ${secs} s (building first)"
-cargo test ${SOAK_RELEASE:+--release} --test soak -- --ignored --nocapture --test-threads=1 \
+# --features dev: the same build as the test command's `cargo test` (nothing to rebuild).
+cargo test ${SOAK_RELEASE:+--release} --locked --features dev --test soak -- --ignored --nocapture --test-threads=1 \
   2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 

@@ -15,8 +15,9 @@ apt_install() {
 
 need cargo || { echo "cargo is required: https://rustup.rs" >&2; exit 1; }
 
-# The shared-store tests start a real Redis.
+# The shared-store tests start real Redis servers, sentinels and clusters.
 need redis-server || apt_install redis-server
+need redis-sentinel || apt_install redis-sentinel
 
 # The Node example's test runs the RingCentral JS SDK against the sidecar.
 if ! need node || ! need npm; then apt_install nodejs npm; fi
