@@ -106,8 +106,13 @@ def pem_material() -> dict:
         run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "signing.pem")
         run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=fake-ca")
         run("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=fake-client")
+        # X.509 v3 (extensions given): OpenSSL before 3.2 writes a v1 certificate otherwise,
+        # which rustls/webpki refuse to parse.
+        with open(os.path.join(d, "client.ext"), "w") as ext:
+            ext.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                      "extendedKeyUsage=clientAuth\n")
         run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "2",
-            "-days", "30", "-out", "client.crt")
+            "-days", "30", "-extfile", "client.ext", "-out", "client.crt")
         read = lambda f: open(os.path.join(d, f)).read()
         return {"jwt-signing-key": read("signing.pem"), "tls.crt": read("client.crt"),
                 "tls.key": read("client.key"), "ca.crt": read("ca.crt"),
