@@ -217,12 +217,17 @@ fn check_endpoint_error(e: &OAuthError, status: u16) {
 
 fn check_retry_after(v: &str) {
     let parsed = oauth::parse_retry_after(v);
-    if let Ok(secs) = v.trim().parse::<u64>() {
+    // delay-seconds is 1*DIGIT (RFC 9110 10.2.3): no sign, however many digits.
+    let t = v.trim();
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let secs = t.parse::<u64>().unwrap_or(u64::MAX);
         assert_eq!(
             parsed,
             Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER)),
             "delay-seconds {v:?}"
         );
+    } else if t.starts_with(['+', '-']) && t[1..].bytes().all(|b| b.is_ascii_digit()) {
+        assert_eq!(parsed, None, "a signed number {v:?} is no delay-seconds");
     }
     if let Some(d) = parsed.filter(|_| !known_bug("retry-after-cap")) {
         assert!(
