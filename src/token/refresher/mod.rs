@@ -127,6 +127,9 @@ struct Inner {
     /// Versions continue from the state file's across restarts.
     version_floor: u64,
     last_unauthorized: Option<Instant>,
+    /// The token version a 401 last waited for another replica's claimed refresh about: the
+    /// wait happens once per rejected version.
+    claim_waited: Option<u64>,
     /// A token set obtained while the shared store was unreachable, still to be written.
     pending_write: Option<State>,
     /// This replica's own count of token requests (the shared count is in Redis).
@@ -259,6 +262,7 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
                 next_attempt: clock.now(),
                 version_floor: 0,
                 last_unauthorized: None,
+                claim_waited: None,
                 pending_write: None,
                 budget: SlidingWindow::new(cfg.request_budget),
             }),
@@ -513,7 +517,11 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
                 .await
             {
                 Ok(true) => {}
-                Ok(false) => return Err(RefreshFailure::TooSoon),
+                Ok(false) => {
+                    return self
+                        .wait_for_claimer(&mut inner, shared, failed_version)
+                        .await
+                }
                 // Redis unreachable: this replica's own interval still applies.
                 Err(_) => {}
             }

@@ -894,3 +894,40 @@ async fn a_401_refresh_is_claimed_once_per_interval_for_the_whole_fleet() {
     ));
     assert_eq!(a.endpoint.sent().len(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_401_waits_for_the_replica_that_claimed_the_refresh_before_it_locked() {
+    // b's 401 finds nothing newer and no lock held, then finds the fleet's 401 refresh
+    // claimed: a claimed it an instant before and has yet to lock. b waits for a's set rather
+    // than pass the 401 back.
+    let shared = Shared::new();
+    let clock = Clock::following_tokio();
+    let idp = Endpoint::new(clock, HOUR);
+    let a = rig_on(config(jwt()), idp.clone(), Some(shared.replica("a")), clock);
+    let b = rig_on(config(jwt()), idp.clone(), Some(shared.replica("b")), clock);
+    a.refresher.refresh(Trigger::Startup, None).await.unwrap();
+    assert_eq!(b.refresher.refresh(Trigger::Timer, None).await.unwrap(), 1);
+    shared.redis().unauthorized_until = Some(Instant::now() + Duration::from_secs(10));
+    let claimer = a.refresher.clone();
+    let late = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        claimer.refresh(Trigger::Unauthorized, Some(1)).await
+    });
+    assert_eq!(b.refresher.on_unauthorized(1).await.unwrap(), 2);
+    assert_eq!(late.await.unwrap().unwrap(), 2);
+    assert_eq!(idp.sent().len(), 2, "one token request for both");
+    // A 401 for the newest token while the claim lasts: one wait, then passed back at once.
+    let started = Instant::now();
+    assert!(matches!(
+        b.refresher.on_unauthorized(2).await,
+        Err(RefreshFailure::TooSoon)
+    ));
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let started = Instant::now();
+    assert!(matches!(
+        b.refresher.on_unauthorized(2).await,
+        Err(RefreshFailure::TooSoon)
+    ));
+    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(idp.sent().len(), 2);
+}
