@@ -3,9 +3,9 @@
 #   - helm lint --strict of the chart with each ci/*-values.yaml, and of the example parent chart
 #   - helm template of every ci/*-values.yaml and of the example parent chart
 #     (charts/examples/app-with-token-sidecar, which includes the named templates)
-#   - kubectl kustomize of deploy/, deploy/overlays/redis and deploy/overlays/workload-identity,
-#     and of overlays written the way a user replaces the example Secret (with fake values that
-#     must appear nowhere else)
+#   - kubectl kustomize of deploy/ and of every overlay in deploy/overlays/ (redis, redis-tls,
+#     redis-sentinel, redis-cluster, workload-identity), and of overlays written the way a user
+#     replaces the example Secret (with fake values that must appear nowhere else)
 #   - renderings that must be refused (secrets, private keys passed through chart values)
 #   - kubernetes-validate --strict of every rendered document against Kubernetes 1.29 (the
 #     first with native sidecars on by default) and 1.33; CRDs (ServiceMonitor, PrometheusRule)
@@ -106,13 +106,21 @@ def pem_material() -> dict:
         run("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", "signing.pem")
         run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "30", "-subj", "/CN=fake-ca")
         run("req", "-new", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=fake-client")
+        # X.509 v3 (extensions given): OpenSSL before 3.2 writes a v1 certificate otherwise,
+        # which rustls/webpki refuse to parse.
+        with open(os.path.join(d, "client.ext"), "w") as ext:
+            ext.write("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                      "extendedKeyUsage=clientAuth\n")
         run("x509", "-req", "-in", "client.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-set_serial", "2",
-            "-days", "30", "-out", "client.crt")
+            "-days", "30", "-extfile", "client.ext", "-out", "client.crt")
         read = lambda f: open(os.path.join(d, f)).read()
         return {"jwt-signing-key": read("signing.pem"), "tls.crt": read("client.crt"),
                 "tls.key": read("client.key"), "ca.crt": read("ca.crt"),
                 # The route's client certificate for its upstream (ci/private-key-jwt-values.yaml).
-                "api-client.crt": read("client.crt"), "api-client.key": read("client.key")}
+                "api-client.crt": read("client.crt"), "api-client.key": read("client.key"),
+                # Redis over TLS: its CA, a client certificate (ci/redis-tls-values.yaml).
+                "redis-ca.crt": read("ca.crt"), "redis-client.crt": read("client.crt"),
+                "redis-client.key": read("client.key")}
 
 
 def b64url(b: bytes) -> str:
@@ -134,7 +142,8 @@ fakes = {
     "client-secret": f"fake-client-secret-{h()}",
     "jwt": f"eyJhbGciOiJSUzI1NiJ9.fake{h()}.sig{h()}",
     "reports-client-secret": f"fake-reports-secret-{h()}",
-    "redis-url": f"rediss://:{pw}@redis.example:6379/0",
+    # With an ACL user, as docs/shared-store.md recommends.
+    "redis-url": f"rediss://token-sidecar:{pw}@redis.example:6379/0",
     "redis-password": pw,
     "shared-key": base64.b64encode(secrets.token_bytes(32)).decode(),
     # The other keys of ci/all-grants-values.yaml.
@@ -158,10 +167,14 @@ fake() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[sys.arg
 fake_json() { python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1]))[sys.argv[2]]))' "$OUT/fakes.json" "$1"; }
 
 # --- kustomize ---------------------------------------------------------------------------
-step "kubectl kustomize deploy, deploy/overlays/redis, deploy/overlays/workload-identity"
+# Every overlay: k8s_checks.py has the expectations of each (variant deploy-NAME), and fails on
+# one it does not know.
+step "kubectl kustomize deploy and deploy/overlays/*"
 kubectl kustomize deploy > "$OUT/variants/deploy-base.yaml"
-kubectl kustomize deploy/overlays/redis > "$OUT/variants/deploy-redis.yaml"
-kubectl kustomize deploy/overlays/workload-identity > "$OUT/variants/deploy-workload-identity.yaml"
+for overlay in deploy/overlays/*/; do
+  overlay=${overlay%/}
+  kubectl kustomize "$overlay" > "$OUT/variants/deploy-$(basename "$overlay").yaml"
+done
 
 # Overlays as a user writes them (README): the example Secret replaced by one with the user's
 # values, or dropped in favour of a Secret managed elsewhere. Kustomize wants relative paths.
@@ -229,6 +242,10 @@ negative chart-jwt-in-values "tokens: {rc: {assertion: \"$(fake jwt)\"}}"
 negative chart-password-in-values "tokens: {rc: {grant: password, username: u, password: \"$(fake client-secret)\"}}"
 negative chart-static-token-in-values "tokens: {rc: {grant: static, static_token: \"$(fake client-secret)\"}}"
 negative chart-redis-password-in-url "redis: {url: \"$(fake redis-url)\"}"
+negative chart-redis-password-in-sentinel-nodes "redis: {sentinel: {master: mymaster, nodes: [\"$(fake redis-url)\"]}}"
+negative chart-redis-password-in-cluster-nodes "redis: {cluster: {nodes: [\"$(fake redis-url)\"]}}"
+negative chart-redis-client-key-in-values "redis: {existingSecretKey: redis-url, tls: {enabled: true, clientKey: $(fake_json redis-client.key)}}"
+negative chart-redis-ca-in-values "redis: {existingSecretKey: redis-url, tls: {enabled: true, ca: $(fake_json redis-ca.crt)}}"
 negative chart-private-key-in-values "tokens: {rc: {client_auth: private_key_jwt, jwt_signing_key: $(fake_json jwt-signing-key)}}"
 negative chart-private-key-in-params "tokens: {rc: {client_auth: private_key_jwt, params: {private_key: $(fake_json jwt-signing-key)}}}"
 negative chart-tls-key-in-route "routes: [{name: ringcentral, listen: 127.0.0.1:8080, upstream: https://platform.ringcentral.com, token: rc, upstream_tls_client_key: $(fake_json tls.key)}]"

@@ -43,6 +43,13 @@ from monitoring_checks import runbook_problem
 # ServiceAccount the pods run as, and no Secret mounted at all. Without it, no variant may
 # have such a token. `secret_files`: config keys ("token.NAME.KEY", "route.NAME.KEY") that must
 # be there, each a file of the mounted Secret.
+# `redis`: False (no [shared]), True (one server, as far as the rendering shows) or a dict:
+# `topology` ("single", "sentinel", "cluster"), `nodes` (how many sentinels or cluster nodes),
+# `master` (the Sentinel primary's name), `tls` (a dict: `ca`, where redis_ca_file must come
+# from: ("secret", NAME) or ("configMap", NAME), NAME the Secret or ConfigMap; `ca_only`, whether
+# that volume projects the CA's key alone (a Secret or ConfigMap of its own); `client_cert`,
+# whether redis_client_cert_file and redis_client_key_file must be there), `ports` (the TCP
+# ports the NetworkPolicy must open to Redis; default {6379}), `key_prefix`.
 AZURE_AUDIENCE = "api://AzureADTokenExchange"
 GCP_PROVIDER = "projects/123456789012/locations/global/workloadIdentityPools/my-pool/providers/my-cluster"
 VARIANTS = {
@@ -50,6 +57,15 @@ VARIANTS = {
     "deploy-redis": dict(secrets="placeholders", service_monitor=True, network_policy=True, redis=True),
     "deploy-user-secret": dict(secrets="fake", service_monitor=True, network_policy=True, redis=False),
     "deploy-redis-user-secret": dict(secrets="fake", service_monitor=True, network_policy=True, redis=True),
+    "deploy-redis-tls": dict(
+        secrets="placeholders", service_monitor=True, network_policy=True,
+        redis=dict(topology="single", tls=dict(ca=("secret", "token-sidecar-redis-tls"), client_cert=True))),
+    "deploy-redis-sentinel": dict(
+        secrets="placeholders", service_monitor=True, network_policy=True,
+        redis=dict(topology="sentinel", nodes=3, master="mymaster", ports={6379, 26379})),
+    "deploy-redis-cluster": dict(
+        secrets="placeholders", service_monitor=True, network_policy=True,
+        redis=dict(topology="cluster", nodes=3)),
     "deploy-no-example-secret": dict(secrets="none", service_monitor=True, network_policy=True, redis=False),
     "chart-ringcentral-jwt": dict(
         secrets="none", service_monitor=True, network_policy=True, redis=False,
@@ -67,6 +83,17 @@ VARIANTS = {
             fors={"TokenSidecarTokenExpiringSoon": "2m", "TokenSidecarNoValidToken": "1m"},
             severities={"TokenSidecarNoValidToken": "page"})),
     "chart-redis": dict(secrets="none", service_monitor=False, network_policy=True, redis=True),
+    "chart-redis-tls": dict(
+        secrets="none", service_monitor=False, network_policy=True,
+        redis=dict(topology="single", tls=dict(ca=("secret", "api-credentials"), client_cert=True))),
+    "chart-redis-sentinel": dict(
+        secrets="none", service_monitor=False, network_policy=True,
+        redis=dict(topology="sentinel", nodes=3, master="mymaster", ports={6379, 26379}, key_prefix="rc-prod",
+                   tls=dict(ca=("configMap", "redis-ca"), ca_only=True, client_cert=False))),
+    "chart-redis-cluster": dict(
+        secrets="none", service_monitor=False, network_policy=True,
+        redis=dict(topology="cluster", nodes=3,
+                   tls=dict(ca=("secret", "redis-cluster-tls"), ca_only=True, client_cert=False))),
     "chart-all-grants": dict(secrets="none", service_monitor=False, network_policy=False, redis=True),
     "chart-parent": dict(secrets="none", service_monitor=False, network_policy=False, redis=False),
     "deploy-workload-identity": dict(
@@ -95,6 +122,10 @@ NEGATIVE = {
     "chart-password-in-values": "a password in tokens.NAME.password",
     "chart-static-token-in-values": "a token in tokens.NAME.static_token",
     "chart-redis-password-in-url": "a Redis password in redis.url",
+    "chart-redis-password-in-sentinel-nodes": "a Redis URL with its password in redis.sentinel.nodes",
+    "chart-redis-password-in-cluster-nodes": "a Redis URL with its password in redis.cluster.nodes",
+    "chart-redis-client-key-in-values": "a Redis client key (PEM) in redis.tls",
+    "chart-redis-ca-in-values": "a Redis CA (PEM) in redis.tls.ca",
     "chart-private-key-in-values": "a private key (PEM) in tokens.NAME.jwt_signing_key",
     "chart-private-key-in-params": "a private key (PEM) in tokens.NAME.params",
     "chart-tls-key-in-route": "a TLS client key (PEM) in routes[].upstream_tls_client_key",
@@ -120,6 +151,10 @@ SECRET_FILE_KEYS = {"client_secret_file", "assertion_file", "refresh_token_file"
 SA_TOKEN_FILE_KEYS = {"client_assertion_file", "subject_token_file"}
 # Keys of a [[route]] table naming a file of a Secret.
 ROUTE_SECRET_FILE_KEYS = {"upstream_tls_client_cert_file", "upstream_tls_client_key_file"}
+# Keys of [shared] naming a file of a Secret; the Redis CA may also be a file of a ConfigMap.
+SHARED_SECRET_FILE_KEYS = {"redis_url_file", "shared_key_file", "redis_client_cert_file", "redis_client_key_file"}
+SHARED_CA_KEY = "redis_ca_file"
+HOST_PORT = re.compile(r"^([^\s@/:\[\]]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$")
 PEM = "-----BEGIN"
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = ROOT / "deploy/monitoring/grafana-dashboard.json"
@@ -374,10 +409,11 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
                  not missing, "missing: " + ", ".join(missing))
     shared = cfg.get("shared") or {}
     redis_url = shared.get("redis_url")
-    for k in ("redis_url_file", "shared_key_file"):
+    for k in sorted(SHARED_SECRET_FILE_KEYS | {SHARED_CA_KEY}):
         if k in shared:
             m = mount_for(str(shared[k]), mounts)
-            if m is None or "secret" not in m[2] or m[1].get("readOnly") is not True:
+            kinds = ("secret", "configMap") if k == SHARED_CA_KEY else ("secret",)
+            if m is None or not any(kind in m[2] for kind in kinds) or m[1].get("readOnly") is not True:
                 bad_files.append(f"shared.{k}={shared[k]}")
     if redis_url is not None and not ENV_REF.match(redis_url) and "@" in redis_url:
         literal.append("shared.redis_url (credentials)")
@@ -411,8 +447,18 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
     # Workload identity: a projected service-account token, in the sidecar only.
     check_workload_identity(ck, p, exp.get("workload_identity"), pod, c, cfg, by_kind, secret_volumes, env)
 
+    # Secrets (and the Redis CA) reach the sidecar only.
+    others = [(x["name"], m["name"]) for k in ("initContainers", "containers", "ephemeralContainers")
+              for x in pod.get(k) or [] if x is not c for m in x.get("volumeMounts") or []
+              if m["name"] in {v["name"] for v in pod.get("volumes") or [] if "secret" in v}
+              or m["name"] == "token-sidecar-redis-ca"]
+    ck.check(f"{p} the Secret volumes are mounted into the sidecar container only", not others,
+             ", ".join(f"{x} mounts {v}" for x, v in others))
+
     # Redis mode.
     if exp["redis"]:
+        check_redis(ck, p, exp["redis"] if isinstance(exp["redis"], dict) else {}, shared, mounts, docs,
+                    by_kind, text, fakes)
         ref = ENV_REF.match(redis_url or "")
         ck.check(f"{p} redis: [shared] redis_url_file from the Secret, or a redis_url without credentials",
                  "redis_url_file" in shared
@@ -480,12 +526,14 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
             out_ports = {pp.get("port") for r in spec.get("egress") or [] for pp in r.get("ports") or []}
             ingress_ok = bool(in_ports) and all(admin_port_ok(pp, c) for pp in in_ports) and all(
                 r.get("from") for r in spec.get("ingress") or [])
-            want = {53, 443} | ({6379} if exp["redis"] else set())
+            redis_ports = redis_expectation(exp).get("ports", {6379}) if exp["redis"] else set()
+            want = {53, 443} | redis_ports
             ok = (selects and set(spec.get("policyTypes") or []) == {"Ingress", "Egress"} and ingress_ok
-                  and want <= out_ports and (exp["redis"] or 6379 not in out_ports))
+                  and want <= out_ports and (exp["redis"] or not {6379, 26379} & out_ports))
             detail = f"ingress ports {in_ports}, egress ports {sorted(map(str, out_ports))}"
         ck.check(f"{p} NetworkPolicy: ingress to the admin port only, egress DNS + 443"
-                 + (" + Redis 6379" if exp["redis"] else ""), ok, detail)
+                 + (f" + Redis {sorted(redis_expectation(exp).get('ports', {6379}))}" if exp["redis"] else ""),
+                 ok, detail)
     else:
         ck.check(f"{p} no NetworkPolicy (not enabled)", not nps)
 
@@ -493,7 +541,84 @@ def check_variant(ck: Checks, name: str, path: Path, exp: dict, fakes: dict, bin
 
     # The real binary accepts the rendered config.
     if binary:
-        check_with_binary(ck, p, text, tokens, mounts, env, secrets, fakes, binary)
+        check_with_binary(ck, p, text, tokens, mounts, env, secrets, fakes, binary, by_kind.get("ConfigMap", []))
+
+
+def redis_expectation(exp: dict) -> dict:
+    return exp["redis"] if isinstance(exp.get("redis"), dict) else {}
+
+
+def check_redis(ck: Checks, p: str, want: dict, shared: dict, mounts: dict, docs: list[dict],
+                by_kind: dict, text: str, fakes: dict) -> None:
+    """The [shared] table of a variant with Redis: its topology, TLS material as files of
+    read-only Secret (or, the CA, ConfigMap) volumes, and nothing secret in the ConfigMap."""
+    topology = want.get("topology", "single")
+    sentinels, master, nodes = shared.get("redis_sentinels"), shared.get("redis_sentinel_master"), \
+        shared.get("redis_cluster_nodes")
+    listed = {"sentinel": sentinels, "cluster": nodes}.get(topology)
+    problems = []
+    if topology == "single" and (sentinels or master or nodes):
+        problems.append("sentinel or cluster keys on a one-server variant")
+    if topology == "sentinel" and (nodes or master != want.get("master")):
+        problems.append(f"redis_sentinel_master {master!r}, redis_cluster_nodes {nodes!r}")
+    if topology == "cluster" and (sentinels or master):
+        problems.append("sentinel keys on a cluster variant")
+    if topology != "single":
+        if not isinstance(listed, list) or len(listed) != want.get("nodes"):
+            problems.append(f"{len(listed) if isinstance(listed, list) else 0} nodes, want {want.get('nodes')}")
+        else:
+            problems += [f"{n!r} is not HOST:PORT" for n in listed if not HOST_PORT.match(str(n))]
+    ck.check(f"{p} redis: topology {topology}"
+             + {"single": " (no sentinels, no cluster nodes)",
+                "sentinel": f" ({want.get('nodes')} redis_sentinels, HOST:PORT; redis_sentinel_master {want.get('master')})",
+                "cluster": f" ({want.get('nodes')} redis_cluster_nodes, HOST:PORT)"}[topology],
+             not problems, "; ".join(problems))
+    if "key_prefix" in want:
+        ck.check(f"{p} redis: key_prefix {want['key_prefix']}", shared.get("key_prefix") == want["key_prefix"],
+                 repr(shared.get("key_prefix")))
+
+    tls = want.get("tls")
+    if tls is None:
+        ck.check(f"{p} redis: no CA and no client certificate (not asked for)",
+                 not {SHARED_CA_KEY, "redis_client_cert_file", "redis_client_key_file"} & set(shared),
+                 json.dumps(sorted(shared)))
+    else:
+        # The scheme: rediss://, in the config or in a rendered Secret holding the URL file.
+        url = shared.get("redis_url")
+        if url is None and "redis_url_file" in shared:
+            key = Path(str(shared["redis_url_file"])).name
+            url = next((secret_values(d).get(key) for d in by_kind.get("Secret", []) if key in secret_values(d)),
+                       fakes.get(key))
+        ck.check(f"{p} redis: TLS, the URL is rediss://", str(url or "").startswith("rediss://"),
+                 "scheme " + str(url or "").split("://")[0])
+        kind, name = tls["ca"]
+        ca = shared.get(SHARED_CA_KEY)
+        m = mount_for(str(ca), mounts) if ca else None
+        vol = m[2] if m else {}
+        source = vol.get(kind) or {}
+        got_name = source.get("secretName") if kind == "secret" else source.get("name")
+        items = source.get("items") or []
+        # A Secret or ConfigMap holding the CA for the sidecar only: that key alone is projected.
+        only_ca = not tls.get("ca_only") or (len(items) == 1 and items[0].get("path") == Path(str(ca)).name)
+        ck.check(f"{p} redis: redis_ca_file is a file of the {kind} {name}, mounted read-only"
+                 + (", its CA key only" if tls.get("ca_only") else ""),
+                 m is not None and got_name == name and m[1].get("readOnly") is True and only_ca,
+                 f"{ca!r} in volume {json.dumps(vol)}")
+        cert, key = shared.get("redis_client_cert_file"), shared.get("redis_client_key_file")
+        if tls.get("client_cert"):
+            ms = [mount_for(str(f), mounts) if f else None for f in (cert, key)]
+            ck.check(f"{p} redis: a client certificate and its key, files of a Secret mounted read-only",
+                     all(x is not None and "secret" in x[2] and x[1].get("readOnly") is True for x in ms),
+                     f"{cert!r}, {key!r}")
+        else:
+            ck.check(f"{p} redis: no client certificate (not asked for)", cert is None and key is None)
+
+    # The config itself holds no credential: no user:password@ in a URL, no fake secret, no PEM.
+    leaked = [k for k, v in fakes.items() if v in text]
+    at = [k for k, v in shared.items() if isinstance(v, str) and "@" in v] + [
+        k for k, v in shared.items() if isinstance(v, list) and any("@" in str(x) for x in v)]
+    ck.check(f"{p} redis: the ConfigMap's config holds no secret (no credentials in a URL or node, no key, no PEM)",
+             not leaked and not at and PEM not in text, ", ".join(leaked + at))
 
 
 def check_monitoring(ck: Checks, p: str, exp: dict, by_kind: dict) -> None:
@@ -613,7 +738,7 @@ def check_workload_identity(ck: Checks, p: str, wi: dict | None, pod: dict, c: d
 
 
 def check_with_binary(ck: Checks, p: str, text: str, tokens: dict, mounts: dict, env: dict,
-                      secrets: list[dict], fakes: dict, binary: str) -> None:
+                      secrets: list[dict], fakes: dict, binary: str, configmaps: list[dict]) -> None:
     """`token-sidecar check` on the config, with the mounted paths moved into a temporary dir
     holding stand-in files, and the ${VAR}s set from stand-in Secret values."""
     provided = {}
@@ -629,10 +754,22 @@ def check_with_binary(ck: Checks, p: str, text: str, tokens: dict, mounts: dict,
             local = Path(tmp) / mp.strip("/")
             local.mkdir(parents=True, exist_ok=True)
             if "secret" in v:
-                for key, val in provided.items():
-                    f = local / key
-                    f.write_text(val)
-                    f.chmod(0o400)
+                # The keys named by `items` at their paths, else every key.
+                items = v["secret"].get("items") or [{"key": k, "path": k} for k in provided]
+                for it in items:
+                    if it["key"] in provided:
+                        f = local / it["path"]
+                        f.write_text(provided[it["key"]])
+                        f.chmod(0o400)
+            elif "configMap" in v and not mp.rstrip("/").endswith(CONFIG_PATH.rsplit("/", 1)[0]):
+                # Another ConfigMap (the Redis CA): rendered here, or the user's (fakes stand in).
+                cm_doc = next((d for d in configmaps if d["metadata"]["name"] == v["configMap"].get("name")), None)
+                data = {k: val for k, val in ((cm_doc or {}).get("data") or {}).items() if "PLACEHOLDER" not in val}
+                items = v["configMap"].get("items") or [{"key": k, "path": k} for k in data]
+                for it in items:
+                    val = data.get(it["key"], fakes.get(it["key"]))
+                    if val is not None:
+                        (local / it["path"]).write_text(val)
             # The kubelet's service-account token: a stand-in JWT.
             for src in sa_token_sources(v):
                 f = local / src["path"]

@@ -142,12 +142,19 @@ impl ClientCertFiles {
             ))
         })?;
         let certified = CertifiedKey::new(chain, signer);
-        certified.keys_match().map_err(|_| {
-            TlsError::ClientCert(format!(
+        certified.keys_match().map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => TlsError::ClientCert(format!(
                 "the key in {} does not belong to the certificate in {}",
                 self.key.display(),
                 self.cert.display()
-            ))
+            )),
+            // webpki reads X.509 v3 only: `openssl x509 -req` without extensions makes v1.
+            other => TlsError::ClientCert(format!(
+                "the certificate in {} cannot be used ({other}); it must be an X.509 v3 \
+                 certificate (a version 1 certificate, as `openssl x509 -req` makes without \
+                 `-extfile`, is not)",
+                self.cert.display()
+            )),
         })?;
         Ok(Arc::new(certified))
     }

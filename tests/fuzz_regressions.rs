@@ -94,13 +94,20 @@ fn rewrite_inputs() {
 fn retry_after_http_date_is_capped_at_a_day() {
     use token_sidecar::token::oauth::parse_retry_after;
     let day = std::time::Duration::from_secs(24 * 3600);
-    for v in ["Fri, 31 Dec 9999 23:59:59 GMT", "2099-01-01 00:00:00"] {
+    // An HTTP date (RFC 9110's three forms) years ahead: read, and cut to a day.
+    for v in [
+        "Fri, 31 Dec 9999 23:59:59 GMT",
+        "Friday, 31-Dec-99 23:59:59 GMT",
+        "Fri Dec 31 23:59:59 9999",
+    ] {
         let d = parse_retry_after(v);
         assert!(
             d.is_some_and(|d| d <= day),
             "Retry-After {v:?} parsed as {d:?}, more than the 24 h cap on delay-seconds"
         );
     }
+    // Not an HTTP date: not a Retry-After at all (the default wait applies), never a longer one.
+    assert_eq!(parse_retry_after("2099-01-01 00:00:00"), None);
 }
 
 /// `proxy::rewrite::strip_hop_by_hop` splits `Connection` as bytes: one byte >= 0x80 must not

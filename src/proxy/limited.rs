@@ -27,9 +27,22 @@ impl Route {
             return self.internal_error();
         };
         loop {
+            // Held by a block: the place at the gate, kept until the upstream has answered.
+            let mut _released = None;
             let pass = match later.wait {
                 Wait::Until(at) => {
                     tokio::time::sleep_until(at.into()).await;
+                    later.pass
+                }
+                Wait::Block(at) => {
+                    tokio::time::sleep_until(at.into()).await;
+                    let deadline = later.pass.deadline().unwrap_or(at).max(at);
+                    let gate = limits.released().acquire();
+                    match tokio::time::timeout_at(deadline.into(), gate).await {
+                        Ok(Ok(permit)) => _released = Some(permit),
+                        // The wait is over: the group may be free, but this request's time is up.
+                        _ => return self.rate_limited(&later.group, Duration::from_secs(1)),
+                    }
                     later.pass
                 }
                 Wait::Shared(rule) => {

@@ -33,6 +33,52 @@ pub const WHOLE_ROUTE: &str = "*";
 /// hostile one must not grow the list without bound (past it, new groups are not blocked).
 pub const MAX_BLOCKS: usize = 256;
 
+/// The most group names of a route that become metric label values besides the groups of its
+/// rules: names come from the upstream, and a hostile one must not grow `/metrics` without
+/// bound. Further groups are counted and shown under [`OTHER_GROUPS`].
+pub const MAX_GROUP_LABELS: usize = 64;
+
+/// The group label of the groups past [`MAX_GROUP_LABELS`].
+pub const OTHER_GROUPS: &str = "other";
+
+/// The group label values of a route's metrics: the rules' groups, the whole route, then the
+/// first [`MAX_GROUP_LABELS`] others the upstream named; [`OTHER_GROUPS`] for the rest.
+#[derive(Debug)]
+struct GroupLabels {
+    known: Mutex<std::collections::HashSet<Arc<str>>>,
+    cap: usize,
+}
+
+impl GroupLabels {
+    fn new<'a>(fixed: impl Iterator<Item = &'a str>) -> Self {
+        let mut known: std::collections::HashSet<Arc<str>> = fixed.map(Arc::from).collect();
+        known.insert(Arc::from(WHOLE_ROUTE));
+        let cap = known.len() + MAX_GROUP_LABELS;
+        GroupLabels {
+            known: Mutex::new(known),
+            cap,
+        }
+    }
+
+    /// The label of `group`, taking a place for it while there is one.
+    fn label(&self, group: &str) -> Arc<str> {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = known.get(group) {
+            return k.clone();
+        }
+        if known.len() < self.cap {
+            let k: Arc<str> = Arc::from(group);
+            known.insert(k.clone());
+            return k;
+        }
+        Arc::from(OTHER_GROUPS)
+    }
+}
+
+/// How much later than a block already held a block from Redis may end and still be taken
+/// for the same one (its echo, give or take the clocks); a later one extends the block here.
+const SAME_BLOCK: Duration = Duration::from_millis(100);
+
 /// What the route does with requests of a blocked group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -100,11 +146,20 @@ pub struct Pass {
     counted: bool,
 }
 
+impl Pass {
+    /// No later than this the request goes upstream or is refused (once it has waited).
+    pub fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+}
+
 /// What to wait for before deciding again.
 #[derive(Debug)]
 pub enum Wait {
-    /// Until then (a block's end, room in a local window).
+    /// Until then (room in a local window).
     Until(Instant),
+    /// Until a block ends; then the requests it held go one at a time ([`RouteLimits::released`]).
+    Block(Instant),
     /// A place in the shared window of this rule.
     Shared(usize),
 }
@@ -192,6 +247,9 @@ pub struct RouteLimits {
     has_rates: bool,
     learned: Learned,
     blocks: ArcSwap<Vec<Block>>,
+    labels: GroupLabels,
+    /// One permit: requests released by a block's end go upstream one at a time.
+    released: tokio::sync::Semaphore,
     metrics: Metrics,
     shared: Option<Arc<SharedLimits>>,
     tasks: TaskTracker,
@@ -264,6 +322,7 @@ impl RouteLimits {
                 .with_label_values(&[route])
                 .set(i64::from(s.is_up()));
         }
+        let labels = GroupLabels::new(rules.iter().map(|r| &*r.group));
         RouteLimits {
             route: Arc::from(route),
             settings,
@@ -271,6 +330,8 @@ impl RouteLimits {
             has_rates,
             learned: Learned::default(),
             blocks: ArcSwap::from_pointee(Vec::new()),
+            labels,
+            released: tokio::sync::Semaphore::new(1),
             metrics,
             shared,
             tasks,
@@ -288,15 +349,24 @@ impl RouteLimits {
         &self.settings
     }
 
+    /// The gate of requests a block held, once it has ended: one permit, held from the request's
+    /// departure until the upstream's answer. Released together they could spend the upstream's
+    /// fresh window at once and start a new penalty; one at a time, the first `429` blocks the
+    /// group again before the next one leaves. (Fair: they leave in the order they came.)
+    pub fn released(&self) -> &tokio::sync::Semaphore {
+        &self.released
+    }
+
     /// The shared view, when replicas share the limits.
     pub fn shared(&self) -> Option<&Arc<SharedLimits>> {
         self.shared.as_ref()
     }
 
     fn count(&self, group: &str, source: &str) {
+        let label = self.labels.label(group);
         self.metrics
             .rate_limited
-            .with_label_values(&[&*self.route, group, source])
+            .with_label_values(&[&*self.route, &*label, source])
             .inc();
     }
 
@@ -335,7 +405,7 @@ impl RouteLimits {
             }
             if self.settings.mode == Mode::Hold && b.until <= deadline {
                 return Admit::Later(Box::new(Later {
-                    wait: Wait::Until(b.until),
+                    wait: Wait::Block(b.until),
                     pass,
                     group: label,
                 }));
@@ -345,7 +415,15 @@ impl RouteLimits {
                 retry_after: b.until - now,
             };
         }
-        let Some(i) = rule.filter(|i| pass.granted != Some(*i)) else {
+        // A rate belongs to its group: an endpoint no rule lists, learned to be in a group
+        // with a rate, is paced by it too (every rule of a group shares one window).
+        let rated = rule.or_else(|| {
+            let g = group.as_deref()?;
+            self.rules
+                .iter()
+                .position(|r| r.rate.is_some() && &*r.group == g)
+        });
+        let Some(i) = rated.filter(|i| pass.granted != Some(*i)) else {
             return Admit::Go(shape);
         };
         let Some((_, window)) = &self.rules[i].rate else {
@@ -423,6 +501,33 @@ impl RouteLimits {
         }
     }
 
+    /// A request of `group` went out before its group was known (the first of an endpoint no
+    /// rule lists): when the group has a rate, it takes its place in the window now, so that
+    /// the requests that follow make up for it.
+    fn count_unpaced(self: &Arc<Self>, group: &str) {
+        let Some(i) = self
+            .rules
+            .iter()
+            .position(|r| r.rate.is_some() && &*r.group == group)
+        else {
+            return;
+        };
+        let Some((rate, window)) = &self.rules[i].rate else {
+            return;
+        };
+        window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Instant::now());
+        if let Some(shared) = self.shared.clone().filter(|s| s.is_up()) {
+            let (group, rate) = (self.rules[i].group.clone(), *rate);
+            // Best effort: counted when the shared window has room.
+            self.tasks.spawn(async move {
+                let _ = shared.take(&group, rate).await;
+            });
+        }
+    }
+
     /// Learns from an answer of the upstream to a request of `shape`: the group it names, and a
     /// block when it is a `429`, or a `503` with `Retry-After`.
     pub fn observe(self: &Arc<Self>, shape: Shape, status: StatusCode, headers: &HeaderMap) {
@@ -431,7 +536,9 @@ impl RouteLimits {
             .and_then(|v| v.to_str().ok())
             .and_then(normalize_group);
         if let Some(g) = &group {
-            self.learned.learn(shape, g);
+            if self.learned.learn(shape, g) {
+                self.count_unpaced(g);
+            }
         }
         let retry_after = headers
             .get(http::header::RETRY_AFTER)
@@ -470,7 +577,7 @@ impl RouteLimits {
         let until = now + wait;
         let tolerance = match origin {
             Origin::Upstream => Duration::ZERO,
-            Origin::Shared => Duration::from_secs(1),
+            Origin::Shared => SAME_BLOCK,
         };
         let mut changed = false;
         let mut full = false;
@@ -506,10 +613,12 @@ impl RouteLimits {
             return false;
         }
         let until_unix = unix_seconds(until, now);
-        self.metrics
+        let gauge = self
+            .metrics
             .rate_limit_blocked_until
-            .with_label_values(&[&*self.route, label])
-            .set(until_unix);
+            .with_label_values(&[&*self.route, &*self.labels.label(label)]);
+        // Groups past the label limit share one series: it shows the latest end among them.
+        gauge.set(gauge.get().max(until_unix));
         tracing::info!(
             route = %self.route,
             group = label,
@@ -548,11 +657,8 @@ impl RouteLimits {
                 .collect::<Vec<_>>()
         });
         if ended {
-            tracing::info!(
-                route = %self.route,
-                group = group.as_deref().unwrap_or(WHOLE_ROUTE),
-                "rate limit block ended"
-            );
+            let name = group.as_deref().unwrap_or(WHOLE_ROUTE);
+            tracing::info!(route = %self.route, group = name, "rate limit block ended");
         }
     }
 
@@ -698,7 +804,7 @@ mod tests {
         let now = Instant::now();
         match l.admit(&Method::GET, "/x/1", now, Pass::default()) {
             Admit::Later(later) => {
-                let Wait::Until(t) = later.wait else { panic!() };
+                let Wait::Block(t) = later.wait else { panic!() };
                 assert!(t > now + Duration::from_secs(4));
             }
             other => panic!("{other:?}"),

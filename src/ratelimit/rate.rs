@@ -102,6 +102,17 @@ impl SlidingWindow {
         }
     }
 
+    /// Counts an event that happened at `now` whether the rate allowed it or not (a request
+    /// that went out before its group was known). The log keeps at most `max` events: the
+    /// oldest goes first.
+    pub fn record(&mut self, now: Instant) {
+        self.wait(now);
+        if self.events.len() >= self.rate.max as usize {
+            self.events.pop_front();
+        }
+        self.events.push_back(now);
+    }
+
     /// How long from `now` until an event is allowed (zero: now).
     pub fn wait(&mut self, now: Instant) -> Duration {
         // An event at `t` counts for windows that contain it: until `t + window`.

@@ -160,12 +160,12 @@ impl Learned {
     }
 
     /// Records that the upstream named `group` for `shape` (a copy of the map is made only
-    /// when this changes what is known).
-    pub fn learn(&self, shape: Shape, group: &str) {
+    /// when this changes what is known). Returns whether it did change.
+    pub fn learn(&self, shape: Shape, group: &str) -> bool {
         let current = self.groups.load();
         match current.get(&shape) {
-            Some(g) if &**g == group => return,
-            None if current.len() >= MAX_LEARNED_SHAPES => return,
+            Some(g) if &**g == group => return false,
+            None if current.len() >= MAX_LEARNED_SHAPES => return false,
             _ => {}
         }
         let group: Arc<str> = Arc::from(group);
@@ -176,6 +176,7 @@ impl Learned {
             }
             m
         });
+        true
     }
 
     /// How many shapes are known.

@@ -4,6 +4,9 @@
 //! - `PREFIX:{TOKEN}:rl:ROUTE:blocks`: a hash, group → when its block ends (unix ms, sealed
 //!   with the shared key when there is one), expiring with its longest block; at most
 //!   [`MAX_BLOCKS`] fields;
+//! - `PREFIX:{TOKEN}:rl:ROUTE:ends`: a sorted set, group by when its block ends (plain), by
+//!   which each write first removes the blocks that have ended: without it a hash kept alive by
+//!   one long block would fill with ended ones and refuse new blocks;
 //! - the channel of the same name: each new block is published there, so every replica holds
 //!   it within a round trip (pushed, not polled);
 //! - `PREFIX:{TOKEN}:rl:ROUTE:rate:GROUP`: the sliding window of a group's rate
@@ -23,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::limits::{normalize_group, Origin, RouteLimits, MAX_BLOCKS, WHOLE_ROUTE};
 use super::rate::{Rate, SHARED_WINDOW_SCRIPT};
 use crate::metrics::Metrics;
-use crate::token::shared::seal::SealKeys;
-use crate::token::shared::{Conn, Connector, SharedConfig};
+use crate::token::shared::seal::{OpenError, SealKeys};
+use crate::token::shared::{Conn, Connector, RejectReason, SharedConfig};
 
 /// The longest a rate decision waits for Redis: past it, the local window decides.
 const RATE_TIMEOUT: Duration = Duration::from_millis(250);
@@ -33,16 +36,30 @@ const OP_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the shared view stays down after a failure before Redis is tried again.
 const DOWN_FOR: Duration = Duration::from_secs(5);
 
-/// KEYS[1] the blocks hash (and its channel); ARGV[1] the group, ARGV[2] the value (when the
-/// block ends, maybe sealed), ARGV[3] its time to live (ms), ARGV[4] the most fields.
+/// KEYS[1] the blocks hash (and its channel), KEYS[2] the sorted set of when each ends;
+/// ARGV[1] the group, ARGV[2] the value (when the block ends, maybe sealed), ARGV[3] its time
+/// to live (ms), ARGV[4] the most fields, ARGV[5] when it ends (unix ms, plain).
+///
+/// Ended blocks are removed first (by Redis' clock), so only blocks in force count against
+/// the limit. The sorted set only says what to remove: what a replica applies is the hash's
+/// value, sealed when there is a key.
 const BLOCK_SCRIPT: &str = r"
 if redis.call('TYPE', KEYS[1])['ok'] ~= 'hash' then redis.call('DEL', KEYS[1]) end
+if redis.call('TYPE', KEYS[2])['ok'] ~= 'zset' then redis.call('DEL', KEYS[2]) end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ended = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, 1024)
+for _, g in ipairs(ended) do redis.call('HDEL', KEYS[1], g) end
+if #ended > 0 then redis.call('ZREM', KEYS[2], unpack(ended)) end
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[4]) then
   return 0
 end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
 local ttl = tonumber(ARGV[3])
-if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+for _, k in ipairs(KEYS) do
+  if redis.call('PTTL', k) < ttl then redis.call('PEXPIRE', k, ttl) end
+end
 redis.call('PUBLISH', KEYS[1], ARGV[1] .. '\n' .. ARGV[2])
 return 1
 ";
@@ -55,11 +72,14 @@ pub struct SharedLimits {
     token: String,
     base: String,
     blocks_key: String,
+    ends_key: String,
     seal: Option<Arc<SealKeys>>,
     owner: String,
     up: AtomicBool,
     /// While down: when Redis is tried again (ms since the Unix epoch).
     retry_at_ms: AtomicU64,
+    /// When an entry that did not open was last logged (ms since the Unix epoch).
+    rejected_logged_ms: AtomicU64,
     metrics: Metrics,
     block_script: redis::Script,
     window_script: redis::Script,
@@ -96,6 +116,7 @@ impl SharedLimits {
             route: route.to_owned(),
             token: token.to_owned(),
             blocks_key: format!("{base}:blocks"),
+            ends_key: format!("{base}:ends"),
             base,
             seal: cfg.seal_keys.clone(),
             owner: format!(
@@ -106,6 +127,7 @@ impl SharedLimits {
             ),
             up: AtomicBool::new(true),
             retry_at_ms: AtomicU64::new(0),
+            rejected_logged_ms: AtomicU64::new(0),
             metrics,
             block_script: redis::Script::new(BLOCK_SCRIPT),
             window_script: redis::Script::new(SHARED_WINDOW_SCRIPT),
@@ -229,7 +251,8 @@ impl SharedLimits {
     /// to every replica.
     pub async fn publish_block(&self, group: Option<&str>, wait: Duration) {
         let field = group.unwrap_or(WHOLE_ROUTE).to_owned();
-        let until = (now_ms() + wait.as_millis() as u64).to_string();
+        let until_ms = now_ms() + wait.as_millis() as u64;
+        let until = until_ms.to_string();
         let value = match &self.seal {
             Some(keys) => match keys.seal(&self.aad(&field), until.as_bytes()) {
                 Ok(v) => v,
@@ -240,16 +263,19 @@ impl SharedLimits {
             },
             None => until,
         };
-        let (script, key) = (&self.block_script, self.blocks_key.clone());
+        let script = &self.block_script;
+        let (key, ends) = (self.blocks_key.clone(), self.ends_key.clone());
         let ttl = wait.as_millis().max(1) as u64;
         let _: Option<i64> = self
             .op("block", OP_TIMEOUT, |mut c| async move {
                 script
                     .key(&key)
+                    .key(&ends)
                     .arg(&field)
                     .arg(&value)
                     .arg(ttl)
                     .arg(MAX_BLOCKS)
+                    .arg(until_ms)
                     .invoke_async(&mut c)
                     .await
             })
@@ -267,12 +293,26 @@ impl SharedLimits {
         let until: u64 = match &self.seal {
             Some(keys) => match keys.open(&self.aad(field), value) {
                 Ok(plain) => std::str::from_utf8(&plain).ok()?.parse().ok()?,
-                Err(_) => {
+                Err(e) => {
+                    let reason = match e {
+                        OpenError::Unsealed => RejectReason::Unsealed,
+                        OpenError::Tampered => RejectReason::Tampered,
+                    };
                     self.metrics
                         .shared_rejected
-                        .with_label_values(&[self.token.as_str(), "tampered"])
+                        .with_label_values(&[self.token.as_str(), reason.as_str()])
                         .inc();
-                    tracing::warn!(route = %self.route, "a shared rate limit block does not open with the shared key; ignored");
+                    // Anyone who can publish can send these: one line per 10 s at most.
+                    let now = now_ms();
+                    let last = self.rejected_logged_ms.load(Ordering::Relaxed);
+                    if now.saturating_sub(last) >= 10_000
+                        && self
+                            .rejected_logged_ms
+                            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                            .is_ok()
+                    {
+                        tracing::warn!(route = %self.route, reason = reason.as_str(), "a shared rate limit block does not open with the shared key; ignored (counted in token_sidecar_shared_rejected_entries_total)");
+                    }
                     return None;
                 }
             },

@@ -6,11 +6,13 @@
 
 pub mod client;
 pub mod h2raw;
+pub mod load;
 pub mod metrics;
 pub mod oidc;
 pub mod procfs;
 pub mod rc;
 pub mod redis;
+pub mod redis_topology;
 pub mod scripted;
 pub mod sidecar;
 pub mod tls;

@@ -86,16 +86,110 @@ does without, e.g. workload identity with a literal client id). Required as soon
 {{- if $v.redis.existingSecretKey }}
 {{- $uses = true }}
 {{- end }}
-{{- if and (or $v.redis.url $v.redis.existingSecretKey) $v.redis.sharedKeySecretKey }}
+{{- if and (include "token-sidecar.redisOn" .) $v.redis.sharedKeySecretKey }}
 {{- $uses = true }}
 {{- end }}
+{{- with $v.redis.tls }}
+{{- if and .enabled (or (.ca | default dict).existingSecretKey .clientCertSecretKey .clientKeySecretKey) }}
+{{- $uses = true }}
+{{- end }}
+{{- end }}
 {{- if $uses }}true{{ end }}
+{{- end }}
+
+{{/*
+"true" when the replicas share their tokens through Redis ([shared] is written): a URL (in
+values or in existingSecret), sentinels or cluster nodes; else "".
+*/}}
+{{- define "token-sidecar.redisOn" -}}
+{{- $r := .Values.redis }}
+{{- if or $r.url $r.existingSecretKey ($r.sentinel | default dict).nodes ($r.cluster | default dict).nodes }}true{{ end }}
+{{- end }}
+
+{{/*
+Where the sidecar reads the Redis CA: a file of existingSecret, or of the Secret or ConfigMap
+named by redis.tls.ca (mounted at redisCaDir); "" for the system's CAs.
+*/}}
+{{- define "token-sidecar.redisCaFile" -}}
+{{- $tls := .Values.redis.tls | default dict }}
+{{- $ca := $tls.ca | default dict }}
+{{- if $tls.enabled }}
+{{- if $ca.existingSecretKey }}
+{{- printf "%s/%s" (include "token-sidecar.secretDir" .) $ca.existingSecretKey }}
+{{- else if or $ca.secretName $ca.configMapName }}
+{{- printf "%s/ca.crt" (include "token-sidecar.redisCaDir" .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Redis settings that values alone cannot check (the schema does the rest). Node lists are
+checked here rather than by a schema pattern, so that a mistaken value (a URL with a password)
+is never quoted back in an error.
+*/}}
+{{- define "token-sidecar.redisCheck" -}}
+{{- $r := .Values.redis }}
+{{- $tls := $r.tls | default dict }}
+{{- $ca := $tls.ca | default dict }}
+{{- $sentinel := $r.sentinel | default dict }}
+{{- $cluster := $r.cluster | default dict }}
+{{- if contains "@" $r.url }}
+{{- fail "redis.url: a URL with credentials must not be written in values; put it in existingSecret and set redis.existingSecretKey" }}
+{{- end }}
+{{- if and $r.url $r.existingSecretKey }}
+{{- fail "redis: set either url (no credentials) or existingSecretKey (the URL from existingSecret), not both" }}
+{{- end }}
+{{- if and $sentinel.nodes $cluster.nodes }}
+{{- fail "redis: sentinel.nodes and cluster.nodes: a Redis is reached through Sentinel or as a Cluster, not both" }}
+{{- end }}
+{{- if and $sentinel.nodes (not $sentinel.master) }}
+{{- fail "redis.sentinel.master is required with sentinel.nodes: the name the sentinels monitor the primary under (e.g. mymaster)" }}
+{{- end }}
+{{- if and $sentinel.master (not $sentinel.nodes) }}
+{{- fail "redis.sentinel.master needs redis.sentinel.nodes: the sentinels to ask (HOST:PORT)" }}
+{{- end }}
+{{- range $what, $nodes := dict "sentinel" ($sentinel.nodes | default list) "cluster" ($cluster.nodes | default list) }}
+{{- range $i, $n := $nodes }}
+{{- $n = toString $n }}
+{{- $port := regexReplaceAll "^.*:" $n "" }}
+{{- if or (not (regexMatch `^([^\s@/:\[\]]+|\[[0-9a-fA-F:.]+\]):[0-9]{1,5}$` $n)) (lt (int $port) 1) (gt (int $port) 65535) }}
+{{- fail (printf "redis.%s.nodes[%d] is not HOST:PORT (no scheme, no credentials: a password goes into the URL in existingSecret); the value is not repeated here" $what $i) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $caSources := 0 }}
+{{- range $k := list "existingSecretKey" "secretName" "configMapName" }}
+{{- if index $ca $k }}
+{{- $caSources = add1 $caSources }}
+{{- end }}
+{{- end }}
+{{- if gt $caSources 1 }}
+{{- fail "redis.tls.ca: one source only: existingSecretKey, secretName or configMapName" }}
+{{- end }}
+{{- if not (eq (empty $tls.clientCertSecretKey) (empty $tls.clientKeySecretKey)) }}
+{{- fail "redis.tls: clientCertSecretKey and clientKeySecretKey go together (the client certificate and its key)" }}
+{{- end }}
+{{- if and (not $tls.enabled) (or $caSources $tls.clientCertSecretKey) }}
+{{- fail "redis.tls: a CA or a client certificate needs redis.tls.enabled (and a rediss:// URL)" }}
+{{- end }}
+{{- if $tls.enabled }}
+{{- if not (include "token-sidecar.redisOn" .) }}
+{{- fail "redis.tls.enabled: no Redis is configured (redis.url, existingSecretKey, sentinel.nodes or cluster.nodes)" }}
+{{- end }}
+{{- if and $r.url (not (hasPrefix "rediss://" $r.url)) }}
+{{- fail "redis.tls.enabled: redis.url must be rediss://" }}
+{{- end }}
+{{- if and (not $r.url) (not $r.existingSecretKey) }}
+{{- fail "redis.tls.enabled: the URL gives the scheme, also with sentinel or cluster: set redis.url to rediss://redis/0 (with sentinel or cluster, only its scheme and database count) or redis.existingSecretKey (a rediss:// URL in existingSecret)" }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Where the Secret, the config and the state live in the sidecar container. */}}
 {{- define "token-sidecar.secretDir" -}}/var/run/secrets/token-sidecar{{- end }}
 {{- define "token-sidecar.configDir" -}}/etc/token-sidecar{{- end }}
 {{- define "token-sidecar.stateDir" -}}/var/lib/token-sidecar{{- end }}
+{{- define "token-sidecar.redisCaDir" -}}/etc/token-sidecar-redis-ca{{- end }}
 
 {{/*
 The directory the workload identity token is mounted at (the directory of workloadIdentity.path),
@@ -103,7 +197,7 @@ checked against the chart's other mounts.
 */}}
 {{- define "token-sidecar.workloadIdentityDir" -}}
 {{- $dir := dir .Values.workloadIdentity.path }}
-{{- range $other := list (include "token-sidecar.secretDir" $) (include "token-sidecar.configDir" $) (include "token-sidecar.stateDir" $) }}
+{{- range $other := list (include "token-sidecar.secretDir" $) (include "token-sidecar.configDir" $) (include "token-sidecar.stateDir" $) (include "token-sidecar.redisCaDir" $) }}
 {{- if or (hasPrefix (printf "%s/" $other) (printf "%s/" $dir)) (hasPrefix (printf "%s/" $dir) (printf "%s/" $other)) }}
 {{- fail (printf "workloadIdentity.path: its directory %s overlaps the chart's mount %s; choose another directory" $dir $other) }}
 {{- end }}
@@ -211,12 +305,7 @@ e.g. RC_CLIENT_ID. Input: (dict "name" PROFILE "what" "CLIENT_ID").
 {{- if not $v.tokens }}
 {{- fail "tokens: at least one token profile is required (tokens.NAME.grant, token_url, ...)" }}
 {{- end }}
-{{- if contains "@" $v.redis.url }}
-{{- fail "redis.url: a URL with credentials must not be written in values; put it in existingSecret and set redis.existingSecretKey" }}
-{{- end }}
-{{- if and $v.redis.url $v.redis.existingSecretKey }}
-{{- fail "redis: set either url (no credentials) or existingSecretKey (the URL from existingSecret), not both" }}
-{{- end }}
+{{- include "token-sidecar.redisCheck" . }}
 {{- /* Keys and certificates are files of the Secret, never values (the error does not quote them). */}}
 {{- range $i, $r := $v.routes }}
 {{- if contains "-----BEGIN" (toJson $r) }}
@@ -369,15 +458,38 @@ state_file = {{ toJson . }}
 state_file = {{ printf "%s/state/%s.json" (include "token-sidecar.stateDir" $) $name | toJson }}
 {{- end }}
 {{- end }}
-{{- if or $v.redis.url $v.redis.existingSecretKey }}
+{{- if include "token-sidecar.redisOn" . }}
+{{- $r := $v.redis }}
+{{- $tls := $r.tls | default dict }}
 
 [shared]
-{{- if $v.redis.existingSecretKey }}
+{{- if $r.existingSecretKey }}
 # The URL, password included, is a file of the mounted Secret: in neither the command line nor
 # the environment.
-redis_url_file = {{ printf "%s/%s" $secretDir $v.redis.existingSecretKey | toJson }}
-{{- else }}
-redis_url = {{ toJson $v.redis.url }}
+redis_url_file = {{ printf "%s/%s" $secretDir $r.existingSecretKey | toJson }}
+{{- else if $r.url }}
+redis_url = {{ toJson $r.url }}
+{{- end }}
+{{- with ($r.sentinel | default dict).nodes }}
+# Sentinel: the primary the sentinels name, asked again on every reconnection (failovers).
+# The URL gives only the scheme, the user, the password and the database.
+redis_sentinels = {{ include "token-sidecar.tomlValue" . }}
+redis_sentinel_master = {{ toJson $r.sentinel.master }}
+{{- end }}
+{{- with ($r.cluster | default dict).nodes }}
+# Redis Cluster, reached through these nodes; the URL gives only the scheme, user and password.
+redis_cluster_nodes = {{ include "token-sidecar.tomlValue" . }}
+{{- end }}
+{{- with include "token-sidecar.redisCaFile" . }}
+# The CA of the Redis servers' certificates.
+redis_ca_file = {{ toJson . }}
+{{- end }}
+{{- if $tls.enabled }}
+{{- with $tls.clientCertSecretKey }}
+# A client certificate for Redis (tls-auth-clients), files of the mounted Secret.
+redis_client_cert_file = {{ printf "%s/%s" $secretDir . | toJson }}
+redis_client_key_file = {{ printf "%s/%s" $secretDir $tls.clientKeySecretKey | toJson }}
+{{- end }}
 {{- end }}
 {{- with $v.redis.sharedKeySecretKey }}
 # Entries in Redis are sealed with this key: Redis users see no token and cannot plant one.
@@ -477,6 +589,12 @@ startupProbe (a token is held), and stopped after them.
       mountPath: {{ include "token-sidecar.secretDir" . }}
       readOnly: true
     {{- end }}
+    {{- if include "token-sidecar.redisCaVolume" . }}
+    # The CA of the Redis servers.
+    - name: token-sidecar-redis-ca
+      mountPath: {{ include "token-sidecar.redisCaDir" . }}
+      readOnly: true
+    {{- end }}
     {{- if $wi.enabled }}
     # The workload identity token: in this container only, not in the app's.
     - name: token-sidecar-workload-identity
@@ -485,6 +603,33 @@ startupProbe (a token is held), and stopped after them.
     {{- end }}
     - name: token-sidecar-state
       mountPath: {{ include "token-sidecar.stateDir" . }}
+{{- end }}
+
+{{/*
+The volume of the Redis CA when it comes from a Secret or a ConfigMap of its own (the key named
+only, as ca.crt), else "".
+*/}}
+{{- define "token-sidecar.redisCaVolume" -}}
+{{- $tls := .Values.redis.tls | default dict }}
+{{- $ca := $tls.ca | default dict }}
+{{- if and $tls.enabled (not $ca.existingSecretKey) }}
+{{- if $ca.secretName }}
+- name: token-sidecar-redis-ca
+  secret:
+    secretName: {{ $ca.secretName }}
+    defaultMode: {{ .Values.secretFileMode }}
+    items:
+      - key: {{ $ca.key | default "ca.crt" }}
+        path: ca.crt
+{{- else if $ca.configMapName }}
+- name: token-sidecar-redis-ca
+  configMap:
+    name: {{ $ca.configMapName }}
+    items:
+      - key: {{ $ca.key | default "ca.crt" }}
+        path: ca.crt
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* The sidecar's volumes: list items for `volumes:`. */}}
@@ -497,6 +642,9 @@ startupProbe (a token is held), and stopped after them.
   secret:
     secretName: {{ . }}
     defaultMode: {{ $.Values.secretFileMode }}
+{{- end }}
+{{- with include "token-sidecar.redisCaVolume" . }}
+{{- . }}
 {{- end }}
 {{- with .Values.workloadIdentity }}
 {{- if .enabled }}

@@ -4,8 +4,13 @@
 //! through a [`Connector`].
 //!
 //! - **Sentinel**: every (re)connection asks the sentinels for the current primary and checks
-//!   its role, so a connection dropped by a failover reconnects to the new primary. Writes
-//!   stay fenced by version across it.
+//!   its role, so a connection dropped by a failover reconnects to the new primary. A failover
+//!   that leaves the old primary running (`SENTINEL FAILOVER`, a partition) does not drop the
+//!   connections to it: it stays a writable primary until the sentinels reconfigure it,
+//!   seconds later, and then resyncs from the new one, losing what was written to it
+//!   meanwhile. So before each write the store checks that the sentinels still name the
+//!   server its connection reaches ([`Connector::is_current`]), and reconnects when they
+//!   name another. Writes stay fenced by version across it.
 //! - **Cluster**: every key of a profile shares one hash tag, so each script runs on the node
 //!   of that slot; the cluster client follows slot moves and node loss. Notifications use the
 //!   cluster's broadcast: a `PUBLISH` on any node reaches a subscriber on any other, so the
@@ -84,8 +89,10 @@ impl std::fmt::Debug for Connector {
 /// A connection to the shared store: multiplexed to one server, or to the cluster.
 #[derive(Clone)]
 pub enum Conn {
-    /// One server (or the current Sentinel primary).
+    /// One server.
     Single(MultiplexedConnection),
+    /// The primary the sentinels named when it was opened, and its address.
+    Sentinel(MultiplexedConnection, ConnectionAddr),
     /// The cluster, routing each command by its key's slot.
     Cluster(ClusterConnection),
 }
@@ -93,7 +100,7 @@ pub enum Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Single(c) | Conn::Sentinel(c, _) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -105,14 +112,16 @@ impl ConnectionLike for Conn {
         count: usize,
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
-            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Single(c) | Conn::Sentinel(c, _) => {
+                c.req_packed_commands(pipeline, offset, count)
+            }
             Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c) | Conn::Sentinel(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -278,13 +287,30 @@ impl Connector {
             Kind::Sentinel(s) => {
                 // Asks the sentinels for the current primary, and checks it is one.
                 let client = s.lock().await.async_get_client().await?;
-                Ok(Conn::Single(
+                let addr = client.get_connection_info().addr().clone();
+                Ok(Conn::Sentinel(
                     client
                         .get_multiplexed_async_connection_with_config(&cfg)
                         .await?,
+                    addr,
                 ))
             }
             Kind::Cluster { client, .. } => Ok(Conn::Cluster(client.get_async_connection().await?)),
+        }
+    }
+
+    /// Whether `conn` still reaches the primary: with Sentinel, whether the sentinels name
+    /// (and the node confirms with `ROLE`) the server it was opened to. One lookup, as at a
+    /// reconnection: the store asks before each write, not on the request path. Other
+    /// topologies: always (a single server is what the URL names; the cluster client follows
+    /// the slots' owners itself).
+    pub async fn is_current(&self, conn: &Conn) -> RedisResult<bool> {
+        match (&self.kind, conn) {
+            (Kind::Sentinel(s), Conn::Sentinel(_, addr)) => {
+                let client = s.lock().await.async_get_client().await?;
+                Ok(client.get_connection_info().addr() == addr)
+            }
+            _ => Ok(true),
         }
     }
 

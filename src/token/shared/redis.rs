@@ -229,10 +229,24 @@ impl SharedStore {
             .inc();
     }
 
-    async fn conn(&self) -> Result<Conn, SharedError> {
+    /// The connection, opened when there is none. For a write (`checked`), an open connection
+    /// is first confirmed to reach the current primary ([`Connector::is_current`]): after a
+    /// Sentinel failover that left the old primary up, a write there would be lost when it
+    /// resyncs from the new one.
+    async fn conn(&self, checked: bool) -> Result<Conn, SharedError> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
-            return Ok(c.clone());
+            if !checked {
+                return Ok(c.clone());
+            }
+            let current = tokio::time::timeout(self.op_timeout, self.connector.is_current(c))
+                .await
+                .map_err(|_| SharedError("timed out asking the sentinels".into()))??;
+            if current {
+                return Ok(c.clone());
+            }
+            tracing::info!(token = %self.token, "the sentinels name another primary; reconnecting");
+            *guard = None;
         }
         let c = self.connector.connect(self.op_timeout).await?;
         *guard = Some(c.clone());
@@ -240,14 +254,19 @@ impl SharedStore {
     }
 
     /// Runs one operation with a timeout; a failure drops the connection so that the next
-    /// operation reconnects.
+    /// operation reconnects. Operations that write are sent only to the current primary (see
+    /// [`Self::conn`]).
     async fn op<T, F, Fut>(&self, name: &str, f: F) -> Result<T, SharedError>
     where
         F: FnOnce(Conn) -> Fut,
         Fut: std::future::Future<Output = Result<T, redis::RedisError>>,
     {
+        let writes = matches!(
+            name,
+            "lock" | "extend" | "unlock" | "write" | "hold" | "budget" | "unauthorized"
+        );
         let result = async {
-            let c = self.conn().await?;
+            let c = self.conn(writes).await?;
             tokio::time::timeout(self.op_timeout, f(c))
                 .await
                 .map_err(|_| SharedError("timed out".into()))?
