@@ -20,11 +20,6 @@ use crate::token::{unix_seconds, Outcome, Trigger};
 /// Reads of the shared store prompted by notifications are at least this far apart.
 const NOTIFIED_READ_GAP: Duration = Duration::from_millis(100);
 
-/// How long a 401 that finds the fleet's 401 refresh claimed by another replica waits for that
-/// replica to take the shared lock (it claims, then reads the store and locks: three round
-/// trips to Redis).
-const CLAIM_TO_LOCK: Duration = Duration::from_secs(2);
-
 /// How often a subscribed replica reads the store anyway: a notification missed without the
 /// subscription breaking is caught within this (reads grow linearly with replicas: about 6 a
 /// minute each, plus one per new set).
@@ -102,34 +97,6 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         Ok(None)
     }
 
-    /// After a 401 for `failed_version`, another replica has claimed the fleet's 401 refresh,
-    /// maybe an instant ago and before taking the lock (so [`Self::newer_from_shared`] found
-    /// no lock held): wait a moment for its lock, then for its set, rather than pass the 401
-    /// back. Once per rejected version: when nothing newer comes, the next 401s for it are
-    /// passed back at once.
-    pub(super) async fn wait_for_claimer(
-        &self,
-        inner: &mut Inner,
-        shared: &S,
-        failed_version: u64,
-    ) -> Result<u64, RefreshFailure> {
-        if inner.claim_waited == Some(failed_version) {
-            return Err(RefreshFailure::TooSoon);
-        }
-        inner.claim_waited = Some(failed_version);
-        let deadline = self.clock.now() + CLAIM_TO_LOCK;
-        while self.clock.now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if let Some(v) = self
-                .newer_from_shared(inner, shared, failed_version)
-                .await?
-            {
-                return Ok(v);
-            }
-        }
-        Err(RefreshFailure::TooSoon)
-    }
-
     /// The shared-store refresh: adopt a newer set when there is one; otherwise take the lock,
     /// refresh with the newest refresh token, write it fenced by version, then use it.
     pub(super) async fn refresh_shared(
@@ -201,6 +168,22 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         else {
             return Err(self.versions_exhausted(inner));
         };
+        if trigger == Trigger::Unauthorized {
+            // The fleet's one 401-triggered token request per interval, claimed only now that
+            // one is due, and under the lock: a 401 that a newer set answered claims nothing,
+            // and a replica that finds the claim taken finds the claimer's set already written
+            // (the claimer held the lock until then).
+            match shared
+                .claim_unauthorized(self.cfg.min_refresh_interval)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(RefreshFailure::TooSoon),
+                // Redis failing now: this replica's own interval still applies.
+                Err(_) => {}
+            }
+            inner.last_unauthorized = Some(self.clock.now());
+        }
         let set = match self.obtain(inner).await {
             Ok(set) => set,
             Err(e) => {
