@@ -19,25 +19,26 @@ mod support;
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use support::load::Load;
 use support::redis::{RedisBuilder, RedisServer, RedisTlsFiles};
 use support::{eventually, Client, Sidecar, SidecarBuilder, DEADLINE};
 use token_sidecar_testkit::token_server::{Fault, RateLimit, TokenServerConfig, TOKEN_PREFIX};
 
-/// The ACL rule of the sidecar's Redis user, after `user NAME on >PASSWORD`, for one server
-/// (the rule to document verbatim): its keys and channels only (under the default
-/// `key_prefix`: another prefix replaces `token-sidecar` in both patterns), and only the
-/// commands it sends, including those its Lua scripts call (Redis checks those against the
-/// caller's ACL too). Found on Redis 7.0 by starting from `-@all +evalsha +script|load` and
-/// adding what the fleet below needed (`INFO commandstats`, `ACL LOG`), then checked both ways
-/// against the sources ([`the_acl_rule_allows_exactly_the_commands_the_sidecar_sends`]).
+/// The ACL rule of the sidecar's Redis user, after `user NAME on >PASSWORD`, for one server:
+/// its keys and channels only (under the default `key_prefix`: another prefix replaces
+/// `token-sidecar` in both patterns), and only the commands it sends, including those its Lua
+/// scripts call (Redis checks those against the caller's ACL too). Found on Redis 7.0 by
+/// starting from `-@all +evalsha +script|load` and adding what the fleet below needed (`ACL
+/// LOG`, `INFO commandstats`); kept equal to the commands of the sources and to the rule of
+/// docs/shared-store.md by [`the_acl_rule_allows_exactly_the_commands_the_sidecar_sends`].
 const ACL_RULE: &str = "resetkeys ~token-sidecar:* resetchannels &token-sidecar:* -@all \
-    +evalsha +script|load +get +set +exists +pttl +hgetall +subscribe \
-    +type +hget +hmget +hset +hstrlen +hexists +hlen +del +pexpire +publish \
-    +time +zadd +zcard +zrange +zremrangebyscore +zremrangebyrank";
+    +evalsha +script|load \
+    +get +set +del +exists +pttl +pexpire +type +time \
+    +hget +hmget +hset +hdel +hstrlen +hexists +hlen +hgetall \
+    +zadd +zrem +zcard +zrange +zrangebyscore +zremrangebyscore +zremrangebyrank \
+    +publish +subscribe";
 
 /// The keys and channel of the profile `default` under the default prefix.
 const ENTRY: &str = "token-sidecar:{default}";
@@ -85,53 +86,30 @@ struct Tally {
     other: Vec<String>,
 }
 
-/// Steady requests through every replica, cycling through `paths`, until stopped.
-struct Load {
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Tally>>,
+/// Steady requests through every replica, to each of `paths` (support::load).
+fn load(replicas: &[Sidecar], paths: &[&str]) -> Load {
+    Load::start(
+        replicas
+            .iter()
+            .flat_map(|sc| paths.iter().map(|p| sc.url(p)))
+            .collect(),
+    )
 }
 
-impl Load {
-    fn start(replicas: &[Sidecar], paths: &[&str]) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let tasks = replicas
-            .iter()
-            .map(|sc| {
-                let urls: Vec<String> = paths.iter().map(|p| sc.url(p)).collect();
-                let stop = stop.clone();
-                tokio::spawn(async move {
-                    let client = Client::http1();
-                    let mut t = Tally::default();
-                    let mut i = 0usize;
-                    while !stop.load(Ordering::Relaxed) {
-                        let r = client.get(&urls[i % urls.len()]).await;
-                        i += 1;
-                        match (r.status, r.header("x-token-sidecar-error")) {
-                            (200, _) => t.ok += 1,
-                            (503, Some("token_unavailable")) => t.unavailable += 1,
-                            (s, kind) => t.other.push(format!("{s} {kind:?} {}", r.text())),
-                        }
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                    t
-                })
-            })
-            .collect();
-        Load { stop, tasks }
-    }
-
-    /// Stops and adds up what every replica saw.
-    async fn finish(self) -> Tally {
-        self.stop.store(true, Ordering::Relaxed);
-        let mut all = Tally::default();
-        for t in self.tasks {
-            let t = t.await.unwrap();
-            all.ok += t.ok;
-            all.unavailable += t.unavailable;
-            all.other.extend(t.other);
+/// Stops the load and adds up what the app saw.
+async fn tally(load: Load) -> Tally {
+    let mut all = Tally::default();
+    for outcome in load.finish().await {
+        all.ok += outcome.ok;
+        for f in outcome.failed {
+            if f.starts_with("503 ") && f.contains(r#""error":"token_unavailable""#) {
+                all.unavailable += 1;
+            } else {
+                all.other.push(f);
+            }
         }
-        all
     }
+    all
 }
 
 /// The version every replica serves when they all serve the one each token request produced:
@@ -307,7 +285,7 @@ rate = "20/1s"
     ])
     .await;
     let (a, b) = (&replicas[0], &replicas[1]);
-    let load = Load::start(&replicas, &["/restapi/v1.0/echo", "/restapi/v1.0/paced/1"]);
+    let traffic = load(&replicas, &["/restapi/v1.0/echo", "/restapi/v1.0/paced/1"]);
 
     // Timed refreshes: two cycles.
     eventually(Duration::from_secs(25), "two refresh cycles", || async {
@@ -371,9 +349,14 @@ rate = "20/1s"
         || async { a.token_version().await > v && b.token_version().await > v },
     )
     .await;
-    let tally = load.finish().await;
-    assert!(tally.other.is_empty(), "failed requests: {:?}", tally.other);
-    assert!(tally.ok > 100, "{tally:?}");
+    let tally = tally(traffic).await;
+    assert!(
+        tally.other.is_empty(),
+        "{} failed requests: {:?}",
+        tally.other.len(),
+        tally.other.first()
+    );
+    assert!(tally.ok > 20, "{tally:?}");
 
     // Redis denied nothing: no ACL log entry, no failed operation, every operation done.
     let denied = acl_log(&redis).await;
@@ -381,19 +364,18 @@ rate = "20/1s"
     let mut done = BTreeMap::new();
     for sc in &replicas {
         let m = sc.metrics().await;
-        assert_eq!(
-            support::metrics::sum(
-                &m,
-                "token_sidecar_shared_store_operations_total",
-                &[("result", "error")]
-            ),
-            0.0,
-            "{m}"
-        );
-        assert!(
-            m.contains(r#"token_sidecar_rate_limit_shared_up{route="default"} 1"#),
-            "{m}"
-        );
+        // Nothing failed but, on a busy machine, a rate decision that waited more than its
+        // 250 ms for Redis (a refusal would be in the ACL log and in the logs).
+        for sample in support::metrics::parse(&m) {
+            if sample.name == "token_sidecar_shared_store_operations_total"
+                && sample.labels["result"] == "error"
+            {
+                assert!(
+                    sample.value == 0.0 || sample.labels["op"] == "rate",
+                    "{sample:?}"
+                );
+            }
+        }
         for (op, n) in ops_done(&m) {
             *done.entry(op).or_insert(0.0) += n;
         }
@@ -505,7 +487,8 @@ fn commands_in(src: &str) -> Vec<String> {
 
 /// The rule allows exactly the commands the single-server store and the rate limits send,
 /// including those of script paths the fleet tests may not reach (`ZREMRANGEBYRANK`, when a
-/// window holds more than its rate allows after the rate was lowered).
+/// window holds more than its rate allows after the rate was lowered), and it is the rule the
+/// documentation gives, without the commands of Sentinel and Cluster.
 #[test]
 fn the_acl_rule_allows_exactly_the_commands_the_sidecar_sends() {
     let allowed: BTreeSet<&str> = ACL_RULE
@@ -528,6 +511,20 @@ fn the_acl_rule_allows_exactly_the_commands_the_sidecar_sends() {
     // the followers SUBSCRIBE.
     sent.extend(["evalsha", "script|load", "subscribe"].map(String::from));
     let sent: BTreeSet<&str> = sent.iter().map(String::as_str).collect();
+    // docs/shared-store.md gives this rule, plus what Sentinel and Cluster need.
+    let documented = include_str!("../docs/shared-store.md")
+        .lines()
+        .find_map(|l| l.strip_prefix("ACL SETUSER token-sidecar on >PASSWORD "))
+        .expect("the rule in docs/shared-store.md");
+    let topologies = ["+role", "+cluster|slots", "+ping", "+asking"];
+    assert_eq!(
+        documented
+            .split_whitespace()
+            .filter(|r| !topologies.contains(r))
+            .collect::<Vec<_>>(),
+        ACL_RULE.split_whitespace().collect::<Vec<_>>(),
+        "docs/shared-store.md: {documented}"
+    );
     assert_eq!(
         allowed, sent,
         "ACL_RULE allows {allowed:?}, the sidecar sends {sent:?}"
@@ -554,7 +551,7 @@ async fn redis_restarting_empty_costs_no_request_and_one_replica_refreshes_for_a
             .collect(),
     )
     .await;
-    let load = Load::start(&replicas, &["/restapi/v1.0/echo"]);
+    let traffic = load(&replicas, &["/restapi/v1.0/echo"]);
     // One timed refresh cycle first; then Redis restarts right after one, empty.
     let v = Cell::new(0);
     eventually(Duration::from_secs(15), "a refresh cycle", || async {
@@ -593,10 +590,10 @@ async fn redis_restarting_empty_costs_no_request_and_one_replica_refreshes_for_a
     })
     .await;
     let now = now.get();
-    let tally = load.finish().await;
+    let tally = tally(traffic).await;
     assert!(tally.other.is_empty(), "failed requests: {:?}", tally.other);
     assert_eq!(tally.unavailable, 0, "{tally:?}");
-    assert!(tally.ok > 100, "{tally:?}");
+    assert!(tally.ok > 20, "{tally:?}");
     // Redis holds the fleet's set again.
     let (stored_version, _) = stored(&redis).await;
     let stored_version: u64 = stored_version.expect("a set in Redis").parse().unwrap();
@@ -639,11 +636,11 @@ async fn a_partition_from_redis_longer_than_a_token_lives_fails_closed_without_a
             .collect(),
     )
     .await;
-    eventually(DEADLINE, "one token for all", || async {
+    eventually(Duration::from_secs(20), "one token for all", || async {
         converged(&replicas, &rc).await == Some(1)
     })
     .await;
-    let load = Load::start(&replicas, &["/restapi/v1.0/echo"]);
+    let traffic = load(&replicas, &["/restapi/v1.0/echo"]);
     let before = rc.ts.request_count();
     redis.freeze();
     let frozen = Instant::now();
@@ -679,7 +676,7 @@ async fn a_partition_from_redis_longer_than_a_token_lives_fails_closed_without_a
         all
     })
     .await;
-    let tally = load.finish().await;
+    let tally = tally(traffic).await;
     assert!(
         tally.other.is_empty(),
         "neither served nor failed closed: {:?}",
@@ -762,19 +759,36 @@ async fn a_lock_holder_paused_before_its_write_is_fenced_off_and_adopts_the_newe
         rc.ts.wait_for_requests(v as usize + 1, DEADLINE).await,
         "the token endpoint answered a"
     );
-    eventually(DEADLINE, "a's command waiting in Redis", || async {
+    // a's commands waiting in Redis (flag `b`): extending its lock, then, should the pause come
+    // later than that command's 2 s timeout, its write. The write carries the token set, the
+    // extension a few names: `argv-mem` tells them apart.
+    let waiting = || async {
         let ports = support::procfs::tcp_ports_to(a.pid(), redis.port());
-        client_list(&redis).await.iter().any(|c| {
-            c["flags"].contains('b')
-                && c["cmd"] == "evalsha"
-                && c["addr"]
-                    .rsplit_once(':')
-                    .and_then(|(_, p)| p.parse::<u16>().ok())
-                    .is_some_and(|p| ports.contains(&p))
-        })
+        client_list(&redis)
+            .await
+            .into_iter()
+            .filter(|c| {
+                c["flags"].contains('b')
+                    && c["cmd"] == "evalsha"
+                    && c["addr"]
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse::<u16>().ok())
+                        .is_some_and(|p| ports.contains(&p))
+            })
+            .map(|c| c["argv-mem"].parse::<usize>().unwrap())
+            .collect::<Vec<_>>()
+    };
+    eventually(DEADLINE, "a's command waiting in Redis", || async {
+        !waiting().await.is_empty()
     })
     .await;
     support::procfs::signal(a.pid(), "STOP");
+    let pending = waiting().await;
+    assert!(
+        pending.len() == 1 && pending[0] < 400,
+        "a was paused after sending its write (argv-mem {pending:?}): this test needs a to stop \
+         within 2 s of its token response, the machine is too busy"
+    );
     let _: () = redis::cmd("CLIENT")
         .arg("UNPAUSE")
         .query_async(&mut admin)
