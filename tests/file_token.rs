@@ -272,6 +272,22 @@ async fn a_manual_refresh_of_a_token_file_is_counted() {
     wait_for_token(&up, &sc, "manual-one").await;
 
     std::fs::remove_file(&file).unwrap();
+    // The watcher notices the removal and fails a reload of its own first; the manual refresh
+    // that follows is then an attempt of its own, not one joined to the watcher's.
+    eventually(DEADLINE, "the watcher's reload to fail", || async {
+        let m = sc.metrics().await;
+        metrics::value(
+            &m,
+            "token_sidecar_token_refreshes_total",
+            &[
+                ("token", "default"),
+                ("trigger", "file"),
+                ("result", "failure"),
+            ],
+        )
+        .is_some()
+    })
+    .await;
     let r = Client::http1()
         .send(
             http::Request::post(sc.admin_url("/refresh"))

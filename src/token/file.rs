@@ -46,23 +46,28 @@ impl TokenFile {
     pub fn reload(&self, trigger: Trigger) -> bool {
         let mut last = self.last_error.lock().unwrap_or_else(|e| e.into_inner());
         match self.read() {
+            // The watcher's reloads are counted when something changed; a manual one (`POST
+            // /refresh`) is an attempt someone asked for, counted whatever it finds.
             Ok(changed) => {
                 if changed {
                     self.store.record(trigger, Outcome::Obtained);
-                } else if last.is_some() {
-                    // The file is good again, with the token already held.
+                } else if last.is_some() || trigger == Trigger::Manual {
+                    // The file is good again (or was asked for), with the token already held.
                     self.store.record(trigger, Outcome::Reused);
                 }
                 *last = None;
             }
             Err(e) => {
-                if last.as_deref() != Some(e.as_str()) {
+                let new = last.as_deref() != Some(e.as_str());
+                if new {
                     tracing::warn!(
                         token = %self.store.name(),
                         path = %self.path.display(),
                         error = %e,
                         "token file not usable; keeping the previous token"
                     );
+                }
+                if new || trigger == Trigger::Manual {
                     self.store.record(trigger, Outcome::Failed(e.clone()));
                 }
                 *last = Some(e);

@@ -19,9 +19,51 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_token-sidecar")
 }
 
+/// The same binary built by `cargo build --release` (`<target>/release/token-sidecar`),
+/// whatever profile the tests were built with: for tests that run many sidecars at once
+/// (`tests/scale.rs`), where a debug build's memory and CPU would measure the build, not the
+/// sidecar. `None` when it has not been built, or when it is older than one of the sources it
+/// is built from (`src/`, `Cargo.toml`, `Cargo.lock`): a stale release build would test
+/// yesterday's code.
+pub fn release_binary() -> Option<std::path::PathBuf> {
+    let built = std::path::Path::new(binary());
+    let target = built.parent()?.parent()?;
+    let release = target
+        .join("release")
+        .join(built.file_name().unwrap_or_default());
+    let built_at = std::fs::metadata(&release).ok()?.modified().ok()?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let newest_source = [root.join("Cargo.toml"), root.join("Cargo.lock")]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok()?.modified().ok())
+        .chain(newest_modification(&root.join("src")))
+        .max()?;
+    (built_at >= newest_source).then_some(release)
+}
+
+/// When the most recently modified file under `dir` was modified.
+fn newest_modification(dir: &std::path::Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let at = if meta.is_dir() {
+            newest_modification(&entry.path())
+        } else {
+            meta.modified().ok()
+        };
+        newest = newest.max(at);
+    }
+    newest
+}
+
 /// A command for the binary with a clean environment: no inherited `TOKEN_SIDECAR_*`.
 pub fn command() -> Command {
-    let mut cmd = Command::new(binary());
+    command_for(OsStr::new(binary()))
+}
+
+/// A command for `program` (a build of the binary) with a clean environment.
+fn command_for(program: &OsStr) -> Command {
+    let mut cmd = Command::new(program);
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("TOKEN_SIDECAR_") {
             cmd.env_remove(k);
@@ -87,6 +129,8 @@ fn test_envs() -> Vec<(OsString, OsString)> {
 pub struct SidecarBuilder {
     args: Vec<OsString>,
     envs: Vec<(OsString, OsString)>,
+    /// Another build of the binary ([`release_binary`]); `None`: [`binary`].
+    program: Option<OsString>,
 }
 
 impl SidecarBuilder {
@@ -109,6 +153,7 @@ impl SidecarBuilder {
             .map(OsString::from)
             .collect(),
             envs: test_envs(),
+            program: None,
         }
     }
 
@@ -121,6 +166,7 @@ impl SidecarBuilder {
                 .map(OsString::from)
                 .collect(),
             envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+            program: None,
         }
     }
 
@@ -129,6 +175,7 @@ impl SidecarBuilder {
         SidecarBuilder {
             args: Vec::new(),
             envs: vec![("TOKEN_SIDECAR_LOG".into(), "debug".into())],
+            program: None,
         }
     }
 
@@ -159,6 +206,22 @@ impl SidecarBuilder {
         self
     }
 
+    /// Runs `program` (another build of the binary, e.g. [`release_binary`]) instead of the
+    /// one cargo built for these tests.
+    pub fn program(mut self, program: impl AsRef<OsStr>) -> Self {
+        self.program = Some(program.as_ref().to_owned());
+        self
+    }
+
+    /// `--threads n` instead of the default two worker threads.
+    pub fn threads(mut self, n: usize) -> Self {
+        match self.args.iter().position(|a| a == "--threads") {
+            Some(i) if i + 1 < self.args.len() => self.args[i + 1] = n.to_string().into(),
+            _ => self.args.extend(["--threads".into(), n.to_string().into()]),
+        }
+        self
+    }
+
     /// An environment variable.
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.envs.retain(|(key, _)| key != k);
@@ -168,7 +231,10 @@ impl SidecarBuilder {
 
     /// Starts the sidecar and waits until both listeners are bound.
     pub async fn start(self) -> Sidecar {
-        let mut cmd = command();
+        let mut cmd = match &self.program {
+            Some(p) => command_for(p),
+            None => command(),
+        };
         cmd.args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -467,6 +467,7 @@ impl SharedStore {
                 redis::cmd("EXISTS").arg(&key).query_async(&mut c).await
             })
             .await?;
+        self.count("lock_check", "ok");
         Ok(n == 1)
     }
 
@@ -583,6 +584,7 @@ impl SharedStore {
                 redis::cmd("PTTL").arg(&key).query_async(&mut c).await
             })
             .await?;
+        self.count("hold_check", "ok");
         Ok((ms > 0).then(|| Duration::from_millis(ms as u64).min(MAX_HOLD)))
     }
 
