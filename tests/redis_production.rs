@@ -682,7 +682,9 @@ async fn a_partition_from_redis_longer_than_a_token_lives_fails_closed_without_a
         "neither served nor failed closed: {:?}",
         tally.other
     );
-    assert!(tally.unavailable > 0 && tally.ok > 0, "{tally:?}");
+    // Failing closed is asserted on each replica above; the load's own count of 503s is not
+    // (on a very busy machine it once saw none, with every request served before or after).
+    assert!(tally.ok > 0, "{tally:?}");
     let requests = rc.ts.requests();
     assert!(
         requests.iter().all(|r| r.status == 200),
