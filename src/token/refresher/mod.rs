@@ -126,6 +126,7 @@ struct Inner {
     next_attempt: Instant,
     /// Versions continue from the state file's across restarts.
     version_floor: u64,
+    /// When this replica last sent a token request for a 401.
     last_unauthorized: Option<Instant>,
     /// A token set obtained while the shared store was unreachable, still to be written.
     pending_write: Option<State>,
@@ -441,9 +442,6 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
                 }
             }
         }
-        if trigger == Trigger::Unauthorized {
-            inner.last_unauthorized = Some(now);
-        }
         if let Some(shared) = &self.shared {
             return self
                 .refresh_shared(inner, shared, trigger, seen_version)
@@ -461,6 +459,9 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         let Some(version) = next_version(&[self.store.version(), inner.version_floor]) else {
             return Err(self.versions_exhausted(inner));
         };
+        if trigger == Trigger::Unauthorized {
+            inner.last_unauthorized = Some(self.clock.now());
+        }
         match self.obtain(inner).await {
             Ok(set) => Ok(self.commit(inner, trigger, set, version)),
             Err(e) => Err(self.failed(inner, trigger, e)),
@@ -482,7 +483,8 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
 
     /// Handles a 401 for a request sent with `failed_version`: returns once the store holds a
     /// newer token (refreshing single-flight if needed), or why it does not. At most one
-    /// 401-triggered refresh per `min_refresh_interval`, for all replicas together when shared.
+    /// 401-triggered token request per `min_refresh_interval`, for all replicas together when
+    /// shared; a 401 that a newer token answers counts for nothing.
     pub async fn on_unauthorized(&self, failed_version: u64) -> Result<u64, RefreshFailure> {
         let current = self.store.version();
         if current > failed_version {
@@ -507,17 +509,8 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         {
             return Err(RefreshFailure::TooSoon);
         }
-        if let Some(shared) = &self.shared {
-            match shared
-                .claim_unauthorized(self.cfg.min_refresh_interval)
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => return Err(RefreshFailure::TooSoon),
-                // Redis unreachable: this replica's own interval still applies.
-                Err(_) => {}
-            }
-        }
+        // Shared: the fleet's claim on its one 401 refresh per interval is taken under the
+        // refresh lock, once a token request is due (refresh_under_lock).
         self.refresh_locked(&mut inner, Trigger::Unauthorized, Some(failed_version))
             .await
     }

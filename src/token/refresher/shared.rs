@@ -168,6 +168,22 @@ impl<E: TokenEndpoint, S: SharedBackend> Refresher<E, S> {
         else {
             return Err(self.versions_exhausted(inner));
         };
+        if trigger == Trigger::Unauthorized {
+            // The fleet's one 401-triggered token request per interval, claimed only now that
+            // one is due, and under the lock: a 401 that a newer set answered claims nothing,
+            // and a replica that finds the claim taken finds the claimer's set already written
+            // (the claimer held the lock until then).
+            match shared
+                .claim_unauthorized(self.cfg.min_refresh_interval)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return Err(RefreshFailure::TooSoon),
+                // Redis failing now: this replica's own interval still applies.
+                Err(_) => {}
+            }
+            inner.last_unauthorized = Some(self.clock.now());
+        }
         let set = match self.obtain(inner).await {
             Ok(set) => set,
             Err(e) => {

@@ -153,6 +153,8 @@ struct Redis {
     unauthorized_until: Option<Instant>,
     down: bool,
     writes: Vec<u64>,
+    /// The next reads return this older entry (a write that has not reached the reader yet).
+    stale: Option<(Entry, usize)>,
 }
 
 struct SharedState {
@@ -222,7 +224,14 @@ impl SharedBackend for Shared {
 
     async fn read(&self) -> Result<Entry, SharedError> {
         self.check()?;
-        Ok(self.redis().entry.clone().unwrap_or(Entry::None))
+        let mut r = self.redis();
+        if let Some((entry, n)) = r.stale.as_mut() {
+            if *n > 0 {
+                *n -= 1;
+                return Ok(entry.clone());
+            }
+        }
+        Ok(r.entry.clone().unwrap_or(Entry::None))
     }
 
     async fn try_lock(&self) -> Result<bool, SharedError> {
@@ -893,4 +902,34 @@ async fn a_401_refresh_is_claimed_once_per_interval_for_the_whole_fleet() {
         Err(RefreshFailure::TooSoon)
     ));
     assert_eq!(a.endpoint.sent().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_401_that_a_newer_set_answers_claims_nothing() {
+    // b's 401 for version 1 first reads the store before a's version 2 lands there (the API
+    // refused b's token because a's refresh replaced it), then finds it while refreshing: no
+    // token request, and neither the fleet's claim on its one 401 refresh per interval nor
+    // b's own. A 401 for version 2 right after is refreshed.
+    let shared = Shared::new();
+    let clock = Clock::following_tokio();
+    let idp = Endpoint::new(clock, HOUR);
+    let a = rig_on(config(jwt()), idp.clone(), Some(shared.replica("a")), clock);
+    let b = rig_on(config(jwt()), idp.clone(), Some(shared.replica("b")), clock);
+    a.refresher.refresh(Trigger::Startup, None).await.unwrap();
+    assert_eq!(b.refresher.refresh(Trigger::Timer, None).await.unwrap(), 1);
+    let v1 = shared.redis().entry.clone().unwrap();
+    a.refresher.refresh(Trigger::Manual, None).await.unwrap();
+    shared.redis().stale = Some((v1, 1));
+    assert_eq!(b.refresher.on_unauthorized(1).await.unwrap(), 2);
+    assert_eq!(idp.sent().len(), 2, "b sent a token request");
+    assert!(shared.redis().unauthorized_until.is_none(), "claimed");
+    assert_eq!(b.refresher.on_unauthorized(2).await.unwrap(), 3);
+    assert_eq!(idp.sent().len(), 3);
+    assert!(shared.redis().unauthorized_until.is_some());
+    // That one is claimed: a's 401 for version 3 now is too soon.
+    assert!(matches!(
+        a.refresher.on_unauthorized(3).await,
+        Err(RefreshFailure::TooSoon)
+    ));
+    assert_eq!(idp.sent().len(), 3);
 }
