@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use support::load::Load;
-use support::redis_topology::{self as topo, Cluster, PREFIX, SETTLE};
+use support::redis_topology::{self as topo, subscriptions, versions, Cluster, PREFIX, SETTLE};
 use support::{eventually, Client, Sidecar, DEADLINE};
 use token_sidecar_testkit::api::{ApiLimits, ApiServer, Group};
 use token_sidecar_testkit::token_server::{RateLimit, TokenServerConfig, TOKEN_PREFIX};
@@ -73,22 +73,6 @@ impl Rig {
             "commands outside the sidecar's ACL: {denials:#?}"
         );
     }
-}
-
-async fn versions(replicas: &[Sidecar]) -> Vec<u64> {
-    let mut out = Vec::new();
-    for sc in replicas {
-        out.push(sc.token_version().await);
-    }
-    out
-}
-
-fn subscriptions(m: &str) -> f64 {
-    support::metrics::sum(
-        m,
-        "token_sidecar_shared_store_operations_total",
-        &[("op", "subscribe"), ("result", "ok")],
-    )
 }
 
 /// The profile's slot, its owner, and the keys of every primary under the prefix; asserts

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use support::load::Load;
-use support::redis_topology::{self as topo, Sentinels, SETTLE};
+use support::redis_topology::{self as topo, subscriptions, versions, Sentinels, SETTLE};
 use support::{eventually, Client, Sidecar, DEADLINE};
 use token_sidecar_testkit::token_server::{Fault, RateLimit, TokenServerConfig, TOKEN_PREFIX};
 
@@ -84,22 +84,6 @@ impl Rig {
             "commands outside the sidecar's ACL: {denials:#?}"
         );
     }
-}
-
-async fn versions(replicas: &[Sidecar]) -> Vec<u64> {
-    let mut out = Vec::new();
-    for sc in replicas {
-        out.push(sc.token_version().await);
-    }
-    out
-}
-
-fn subscriptions(m: &str) -> f64 {
-    support::metrics::sum(
-        m,
-        "token_sidecar_shared_store_operations_total",
-        &[("op", "subscribe"), ("result", "ok")],
-    )
 }
 
 /// Polls the stored version on every data node until dropped; keeps each node's sequence of

@@ -755,3 +755,21 @@ impl Cluster {
             .join("\n")
     }
 }
+
+/// The token version each replica holds, in order.
+pub async fn versions(replicas: &[super::Sidecar]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for sc in replicas {
+        out.push(sc.token_version().await);
+    }
+    out
+}
+
+/// Subscriptions to the shared store a replica's metrics count (each one a (re)subscription).
+pub fn subscriptions(metrics: &str) -> f64 {
+    super::metrics::sum(
+        metrics,
+        "token_sidecar_shared_store_operations_total",
+        &[("op", "subscribe"), ("result", "ok")],
+    )
+}
